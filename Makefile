@@ -1,0 +1,22 @@
+# The two commands of the README:
+#   make demo   set up a virtual environment and run the main job
+#   make test   set up a virtual environment and run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test bench
+
+setup: $(VENV)/.installed
+
+# constraints-cpu.txt pins the CPU build of torch; see README for GPU clusters.
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -c constraints-cpu.txt -e '.[test,text]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/rotsweep randomwalk --optimizer adamw --out runs/randomwalk
+
+test: setup
+	$(PY) -m pytest -q
