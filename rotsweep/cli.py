@@ -91,6 +91,77 @@ def randomwalk(
         typer.echo(rw.format_report(result))
 
 
+@app.command()
+@reports_user_errors
+def train(
+    out: Path = typer.Option(..., help="run directory (resumed if it holds a checkpoint)"),
+    preset: Optional[str] = typer.Option(None, help="a named preset (see `rotsweep presets`)"),
+    config: Optional[Path] = typer.Option(None, help="a config.json to run"),
+    set_: list[str] = typer.Option([], "--set", help="override a field: key=value (repeatable)"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
+    data_dir: Optional[Path] = typer.Option(None, help="data sets root (default: $ROTSWEEP_DATA_DIR)"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Run one training run into OUT: config.json, status.json, metrics and dynamics Parquet, checkpoint."""
+    from rotsweep import presets, train as training
+    from rotsweep.config import RunConfig
+
+    if (preset is None) == (config is None):
+        raise UserError("give exactly one of --preset NAME or --config FILE")
+    run_config = presets.preset(preset) if preset else RunConfig.load(config)
+    run_config = run_config.with_overrides(set_)
+    status = training.run(run_config, out, device=device, data_dir=data_dir, progress=progress)
+    summary = training.read_status(out)
+    typer.echo(f"run {run_config.run_id}: {status} at step {summary.get('step')} in {summary.get('wall_s')} s -> {out}")
+    if status != "done":
+        raise typer.Exit(1)
+
+
+@app.command("presets")
+def list_presets(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the named run presets (paper recipes and tiny CPU versions)."""
+    from rotsweep import presets
+
+    if as_json:
+        print_json({name: presets.preset(name).to_dict() for name in presets.PRESETS})
+        return
+    for name in presets.PRESETS:
+        cfg = presets.preset(name)
+        length = f"{cfg.steps} steps" if cfg.steps else f"{cfg.epochs:g} epochs"
+        typer.echo(f"{name:28s} {cfg.model:8s} {cfg.dataset:17s} {cfg.optimizer:6s} lr {cfg.lr:<8g} wd {cfg.weight_decay:<8g} {length}")
+
+
+@app.command()
+@reports_user_errors
+def models(
+    tiny: bool = typer.Option(False, "--tiny", help="the tiny CPU variants"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List the models with their parameter counts."""
+    from rotsweep.models import describe_models
+
+    described = describe_models(tiny=tiny)
+    if as_json:
+        print_json(described)
+        return
+    for entry in described:
+        typer.echo(f"{entry['name']:12s} {entry['params']:>12,d}  {entry['task']:5s}  {entry['description']}")
+
+
+@app.command("prepare-text")
+@reports_user_errors
+def prepare_text(
+    inputs: list[Path] = typer.Argument(..., help="text files (or a directory of .txt files)"),
+    out: Path = typer.Option(..., help="directory for train.bin and val.bin"),
+    val_fraction: float = typer.Option(0.0005, help="share of tokens held out for val.bin"),
+) -> None:
+    """Tokenize text files with GPT-2 BPE into nanoGPT's train.bin / val.bin (uint16)."""
+    from rotsweep.data.tokens import prepare_text as prepare
+
+    result = prepare(inputs, out, val_fraction=val_fraction)
+    typer.echo(json.dumps(result, default=str))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

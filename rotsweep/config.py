@@ -1,0 +1,195 @@
+"""RunConfig: everything that determines one training run, and its run_id.
+
+A RunConfig is a frozen dataclass of plain values. Its canonical JSON (sorted
+keys, floats written with repr) is hashed into the run_id, so the same
+configuration has the same id on any machine, and two sweeps that contain the
+same run share it. Things that do not change what is computed (the device, the
+data directory, the output directory) are deliberately not part of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rotsweep.errors import UserError
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # Model (see rotsweep.models.build_model).
+    model: str = "resnet20"
+    tiny: bool = False
+    weight_standardization: bool = False
+    gain: bool = False  # learnable per-neuron gain ("slinear" in the paper's code)
+    model_options: dict = field(default_factory=dict)  # e.g. {"pre_activation": False, "dropout": 0.2}
+
+    # Data (see rotsweep.data.load_dataset).
+    dataset: str = "synthetic-images"
+    val_split: bool = False  # 90/10 split of the training set, seeded by `seed`
+    block_size: int | None = None  # text: tokens per sequence
+    label_smoothing: float = 0.0
+
+    # Optimizer (see rotsweep.optim.build_optimizer).
+    optimizer: str = "adamw"  # adamw | adam-l2 | sgdm | lion
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    momentum: float = 0.9
+    eps: float = 1e-8
+
+    # Rotational variant (Algorithm 1) and its imbalanced form (Appendix J).
+    rotational: bool = False
+    rv_per_neuron: bool = True
+    rv_zero_mean: bool = True
+    rv_beta: float = 0.9
+    rv_eta_r_from: str | None = None  # e.g. "adamw" for Adam+l2 directions with AdamW's rotation
+    imbalance_portion: float = 0.0
+    imbalance_factor: float = 1.0
+    imbalance_mode: str = "split"  # slow | split
+
+    # Learning-rate schedule (see rotsweep.schedule).
+    schedule: str = "cosine"  # cosine | constant | onecycle
+    lr_power: float = 1.0  # cosine raised to this power (2 = the paper's cos^2 for RVs)
+    min_lr: float = 0.0
+    warmup_steps: int = 0
+    warmup_epochs: float = 0.0
+    warmup_start_lr: float = 1e-6
+    onecycle_pct_start: float = 0.02
+    onecycle_div_factor: float = 1e2
+    onecycle_final_div_factor: float = 1e4
+
+    # Length and batching: `steps` optimizer steps, or `epochs` over the training set.
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 128
+    accumulation: int = 1
+    grad_clip: float = 0.0  # 0 = no clipping
+
+    # Numerics and speed.
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    compile: bool = False
+    channels_last: bool = False
+
+    seed: int = 0
+
+    # What is measured, and how often (in optimizer steps; 0 = never).
+    train_log_interval: int = 10  # train loss is averaged over windows of this many steps
+    eval_interval: int = 100
+    eval_batches: int | None = None  # None = the whole evaluation split
+    dynamics_interval: int = 10
+    dynamics_sample_neurons: int = 16
+    checkpoint_interval: int = 500
+
+    def __post_init__(self) -> None:
+        if (self.steps is None) == (self.epochs is None):
+            raise UserError("a run needs exactly one of `steps` or `epochs`; set one with --set steps=N")
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"steps={self.steps} must be at least 1")
+        if self.epochs is not None and not self.epochs > 0:
+            raise UserError(f"epochs={self.epochs} must be positive")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"lr={self.lr} must be a positive number")
+        if self.weight_decay < 0:
+            raise UserError(f"weight_decay={self.weight_decay} must not be negative")
+        if self.batch_size < 1 or self.accumulation < 1:
+            raise UserError("batch_size and accumulation must be at least 1")
+        choices = {
+            "optimizer": ("adamw", "adam-l2", "sgdm", "lion"),
+            "schedule": ("cosine", "constant", "onecycle"),
+            "precision": ("fp32", "bf16", "fp16"),
+            "imbalance_mode": ("slow", "split"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+
+    # --- identity -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def canonical_json(self) -> str:
+        """Sorted keys, no whitespace, floats as repr: the same bytes on every machine."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    @property
+    def run_id(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
+
+    @property
+    def eta_lambda(self) -> float:
+        return self.lr * self.weight_decay
+
+    # --- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown RunConfig field(s): {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
+        return cls(**{name: _coerce(name, value) for name, value in values.items()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise UserError(f"cannot read run config {path}: {error}") from None
+        return cls.from_dict(values)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+    def with_overrides(self, assignments: list[str]) -> "RunConfig":
+        """Apply `key=value` strings from the command line (values parsed as JSON when they can be)."""
+        return self.replace(**parse_assignments(assignments))
+
+
+_FIELD_TYPES = typing.get_type_hints(RunConfig)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check a value against the field's annotation; ints are accepted where floats are expected."""
+    expected = _FIELD_TYPES[name]
+    allowed = typing.get_args(expected) or (expected,)
+    if value is None and type(None) in allowed:
+        return None
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed if t is not type(None)):
+        return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise UserError(f"RunConfig field {name!r} expects {names}, got {value!r}")
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """Parse ["lr=0.1", "model=resnet18", "tiny=true"] into a dict; a malformed item is a UserError."""
+    values: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"malformed --set {item!r}: write key=value, e.g. --set lr=0.1")
+        values[key] = _parse_value(raw.strip())
+    return values
+
+
+def _parse_value(raw: str) -> Any:
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw  # a bare string such as resnet18

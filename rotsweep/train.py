@@ -1,0 +1,445 @@
+"""One training run: a RunConfig and a directory in, the run's files out.
+
+    run_dir/config.json        the RunConfig (written once; a different config is refused)
+    run_dir/status.json        pending | running | done | diverged | failed | preempted, step, wall time
+    run_dir/metrics.parquet    long table: step, epoch, split, metric, value
+    run_dir/dynamics.parquet/  long table of rotsweep.dynamics, one part file per checkpoint
+    run_dir/checkpoint.pt      model, optimizer, recorder and RNG state, metrics so far
+    run_dir/log.txt            human-readable log, tracebacks of failures
+
+A run started on a directory that holds a checkpoint resumes from it and ends
+with exactly the metrics of an uninterrupted run: the data order and the lr
+are pure functions of the step, RNG state is checkpointed, and everything
+measured after the checkpoint is discarded and measured again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from rotsweep import store
+from rotsweep.config import RunConfig
+from rotsweep.data import load_dataset
+from rotsweep.dynamics import DynamicsRecorder
+from rotsweep.errors import UserError
+from rotsweep.models import build_model, param_groups
+from rotsweep.optim import build_optimizer
+from rotsweep.schedule import learning_rate
+
+STATUSES = ("pending", "running", "done", "diverged", "failed", "preempted")
+FINISHED = ("done", "diverged")
+
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.parquet"
+DYNAMICS_DIR = "dynamics.parquet"
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "log.txt"
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Lengths:
+    """How long the run is, in optimizer steps, once the data set size is known."""
+
+    total_steps: int
+    warmup_steps: int
+    steps_per_epoch: int
+
+    @classmethod
+    def of(cls, config: RunConfig, steps_per_epoch: int) -> "Lengths":
+        if config.steps is not None:
+            total = config.steps
+        else:
+            total = max(1, round(config.epochs * steps_per_epoch))
+        warmup = config.warmup_steps or round(config.warmup_epochs * steps_per_epoch)
+        return cls(total_steps=total, warmup_steps=warmup, steps_per_epoch=max(steps_per_epoch, 1))
+
+
+class RunLog:
+    """Appends timestamped lines to log.txt (and echoes them when asked)."""
+
+    def __init__(self, path: Path, echo: bool = False):
+        self.path = path
+        self.echo = echo
+
+    def __call__(self, message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        with open(self.path, "a") as handle:
+            handle.write(line + "\n")
+        if self.echo:
+            print(line, flush=True)
+
+
+def write_status(run_dir: Path, status: str, **fields) -> None:
+    assert status in STATUSES, status
+    store.write_json(run_dir / STATUS_FILE, {"status": status, "updated": time.time(), **fields})
+
+
+def read_status(run_dir: Path) -> dict:
+    """The run's status.json, or {"status": "pending"} when it has not started."""
+    try:
+        return store.read_json(Path(run_dir) / STATUS_FILE)
+    except FileNotFoundError:
+        return {"status": "pending"}
+
+
+def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
+    """Create run_dir with config.json, refusing a directory that belongs to another config."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / CONFIG_FILE
+    if config_path.exists():
+        existing = RunConfig.load(config_path)
+        if existing != config:
+            raise UserError(
+                f"{run_dir} holds run {existing.run_id}, not {config.run_id}; choose another --out directory"
+            )
+    else:
+        store.write_text(config_path, config.canonical_json() + "\n")
+
+
+def run(
+    config: RunConfig,
+    run_dir: str | os.PathLike,
+    *,
+    device: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    echo: bool = False,
+) -> str:
+    """Train (or resume) one run in run_dir; returns its final status."""
+    run_dir = Path(run_dir)
+    prepare_run_dir(config, run_dir)
+    status = read_status(run_dir)
+    if status["status"] in FINISHED:
+        return status["status"]
+    log = RunLog(run_dir / LOG_FILE, echo=echo)
+    try:
+        return Trainer(config, run_dir, pick_device(device), data_dir, log).train(progress=progress)
+    except BaseException as error:
+        # KeyboardInterrupt and SystemExit (SLURM preemption) leave a resumable run behind.
+        interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+        log("interrupted" if interrupted else "failed:\n" + traceback.format_exc())
+        previous = read_status(run_dir)
+        write_status(
+            run_dir,
+            "preempted" if interrupted else "failed",
+            step=previous.get("step", 0),
+            total_steps=previous.get("total_steps"),
+            error=None if interrupted else f"{type(error).__name__}: {error}",
+            log=str(run_dir / LOG_FILE),
+        )
+        raise
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, run_dir: Path, device: torch.device, data_dir, log: RunLog):
+        self.config = config
+        self.run_dir = run_dir
+        self.device = device
+        self.log = log
+
+        self.data = load_dataset(
+            config.dataset, data_dir=data_dir, seed=config.seed, val_split=config.val_split,
+            device=str(device), block_size=config.block_size,
+        )
+        micro_steps_per_epoch = self.data.steps_per_epoch(config.batch_size)
+        self.lengths = Lengths.of(config, micro_steps_per_epoch // config.accumulation)
+
+        torch.manual_seed(config.seed)
+        self.model = build_model(
+            config.model, num_classes=self.data.num_classes, vocab_size=self.data.vocab_size,
+            block_size=config.block_size, weight_standardization=config.weight_standardization,
+            gain=config.gain, tiny=config.tiny, **config.model_options,
+        ).to(device)
+        if config.channels_last and device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(
+            config.optimizer, param_groups(self.model, config.weight_decay), lr=config.lr,
+            weight_decay=config.weight_decay, betas=(config.beta1, config.beta2),
+            momentum=config.momentum, eps=config.eps, **rotational_options(config),
+        )
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.recorder = (
+            DynamicsRecorder(
+                self.model.named_parameters(), interval=config.dynamics_interval,
+                sample_neurons=config.dynamics_sample_neurons, seed=config.seed,
+            )
+            if config.dynamics_interval > 0
+            else None
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.precision]
+
+        self.step = 0
+        self.metrics: list[dict] = []
+        self.train_losses: list[torch.Tensor] = []  # device scalars since the last log row
+        self.wall_s = 0.0
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def train(self, progress: bool = False) -> str:
+        lengths = self.lengths
+        resumed = self.load_checkpoint()
+        self.log(
+            f"{'resumed at step ' + str(self.step) if resumed else 'started'}: run {self.config.run_id}, "
+            f"{lengths.total_steps} steps on {self.device}, {self.config.model} on {self.config.dataset}"
+        )
+        write_status(self.run_dir, "running", **self.status_fields())
+        started = time.time()
+        wall_before = self.wall_s
+        batches = self.data.train_batches(
+            self.config.batch_size, seed=self.config.seed, start_step=self.step * self.config.accumulation
+        )
+        bar = ProgressBar(lengths.total_steps, self.step) if progress else contextlib.nullcontext()
+        with bar:
+            while self.step < lengths.total_steps:
+                loss = self.train_step(batches)
+                self.step += 1
+                self.wall_s = wall_before + time.time() - started
+                if not math.isfinite(loss):
+                    return self.finish_diverged(loss)
+                if progress:
+                    bar.update(self.step, loss)
+                self.after_step()
+        self.save_checkpoint()
+        write_status(self.run_dir, "done", **self.status_fields())
+        self.log(f"done in {self.wall_s:.1f} s; {self.last_metrics()}")
+        return "done"
+
+    def train_step(self, batches) -> float:
+        """One optimizer step (with gradient accumulation); returns the mean micro-batch loss."""
+        config = self.config
+        lr = learning_rate(config, self.step, self.lengths.total_steps, self.lengths.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for _ in range(config.accumulation):
+            inputs, targets = next(batches)
+            with self.autocast():
+                loss = self.loss(self.forward(inputs), targets)
+            self.scaler.scale(loss / config.accumulation).backward()
+            total += loss.detach()
+        mean_loss = total / config.accumulation
+        # One host sync per step: needed anyway to stop a diverged run before it writes NaNs.
+        loss_value = mean_loss.item()
+        if not math.isfinite(loss_value):
+            return loss_value
+        if config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        recording = self.recorder is not None and self.recorder.should_record(self.step)
+        if recording:
+            self.recorder.before_step(self.step)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if recording:
+            self.recorder.after_step(self.step)
+        self.train_losses.append(mean_loss)
+        return loss_value
+
+    def after_step(self) -> None:
+        config, step = self.config, self.step
+        last = step == self.lengths.total_steps
+        if step % config.train_log_interval == 0 or last:
+            self.log_train_loss()
+        if (config.eval_interval and step % config.eval_interval == 0) or last:
+            self.evaluate()
+            self.log(f"step {step}/{self.lengths.total_steps}: {self.last_metrics()}")
+        if config.checkpoint_interval and step % config.checkpoint_interval == 0 and not last:
+            self.save_checkpoint()
+            write_status(self.run_dir, "running", **self.status_fields())
+
+    def finish_diverged(self, loss: float) -> str:
+        """Keep what was measured up to the divergence, and say so."""
+        self.add_metric("train", "loss", loss)
+        self.write_measurements()
+        write_status(self.run_dir, "diverged", **self.status_fields())
+        self.log(f"diverged at step {self.step}: train loss {loss}")
+        return "diverged"
+
+    # --- loss and evaluation --------------------------------------------------------------
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+            label_smoothing=self.config.label_smoothing,
+        )
+
+    def add_metric(self, split: str, metric: str, value: float) -> None:
+        self.metrics.append({
+            "step": self.step, "epoch": self.step / self.lengths.steps_per_epoch,
+            "split": split, "metric": metric, "value": float(value),
+        })
+
+    def log_train_loss(self) -> None:
+        if self.train_losses:
+            self.add_metric("train", "loss", torch.stack(self.train_losses).mean().item())
+            self.train_losses.clear()
+
+    @torch.no_grad()
+    def evaluate(self) -> None:
+        self.model.eval()
+        loss_sum, correct, count = 0.0, 0, 0
+        for inputs, targets in self.data.eval_batches(self.config.batch_size, max_batches=self.config.eval_batches):
+            with self.autocast():
+                logits = self.forward(inputs)
+            logits = logits.reshape(-1, logits.shape[-1]).float()
+            targets = targets.reshape(-1)
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+            correct += (logits.argmax(dim=-1) == targets).sum().item()
+            count += targets.numel()
+        self.model.train()
+        loss = loss_sum / max(count, 1)
+        self.add_metric("val", "loss", loss)
+        if self.data.kind == "image":
+            self.add_metric("val", "top1", 100.0 * correct / max(count, 1))
+        else:
+            self.add_metric("val", "perplexity", math.exp(min(loss, 700.0)))
+
+    def last_metrics(self) -> str:
+        latest: dict[str, float] = {}
+        for row in self.metrics:
+            latest[f"{row['split']}_{row['metric']}"] = row["value"]
+        return ", ".join(f"{name} {value:.4g}" for name, value in latest.items())
+
+    # --- files ------------------------------------------------------------------------------
+
+    def status_fields(self) -> dict:
+        return {
+            "step": self.step,
+            "total_steps": self.lengths.total_steps,
+            "wall_s": round(self.wall_s, 3),
+            "host": socket.gethostname(),
+            "job_id": os.environ.get("SLURM_JOB_ID"),
+            "log": str(self.run_dir / LOG_FILE),
+        }
+
+    def write_measurements(self) -> None:
+        """Rewrite metrics.parquet and append the recorder's rows as a new dynamics part."""
+        store.write_parquet(self.run_dir / METRICS_FILE, metrics_frame(self.metrics))
+        if self.recorder is not None:
+            rows = self.recorder.drain()
+            if len(rows):
+                first, last = int(rows["step"].min()), int(rows["step"].max())
+                store.write_parquet(self.run_dir / DYNAMICS_DIR / f"part-{first:09d}-{last:09d}.parquet", rows)
+
+    def save_checkpoint(self) -> None:
+        self.log_train_loss()
+        # Measurements first: a kill between the two leaves parts past the checkpoint,
+        # which load_checkpoint discards, rather than a checkpoint with missing rows.
+        self.write_measurements()
+        state = {
+            "step": self.step,
+            "wall_s": self.wall_s,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "recorder": self.recorder.state_dict() if self.recorder is not None else None,
+            "metrics": self.metrics,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        with store.atomic_path(self.run_dir / CHECKPOINT_FILE) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self) -> bool:
+        path = self.run_dir / CHECKPOINT_FILE
+        if not path.exists():
+            self.discard_measurements_after(-1)
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.step = state["step"]
+        self.wall_s = state["wall_s"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.recorder is not None and state["recorder"] is not None:
+            self.recorder.load_state_dict(state["recorder"])
+        self.metrics = state["metrics"]
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.discard_measurements_after(self.step)
+        store.write_parquet(self.run_dir / METRICS_FILE, metrics_frame(self.metrics))
+        return True
+
+    def discard_measurements_after(self, step: int) -> None:
+        """Remove dynamics parts recorded after `step` (they will be recorded again)."""
+        for part in (self.run_dir / DYNAMICS_DIR).glob("part-*.parquet"):
+            last_step = int(part.stem.split("-")[2])
+            if last_step >= step:
+                part.unlink()
+
+
+def metrics_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["step", "epoch", "split", "metric", "value"])
+    return frame.astype({"step": "int64", "epoch": "float64", "split": "string", "metric": "string", "value": "float64"})
+
+
+def rotational_options(config: RunConfig) -> dict:
+    """The RunConfig fields of the rotational wrapper, as build_optimizer's keyword arguments."""
+    if not config.rotational:
+        return {}
+    options = {
+        "rotational": True,
+        "per_neuron": config.rv_per_neuron,
+        "zero_mean": config.rv_zero_mean,
+        "rms_beta": config.rv_beta,
+        "eta_r_from": config.rv_eta_r_from,
+    }
+    if config.imbalance_portion > 0:
+        options.update(
+            imbalance_portion=config.imbalance_portion,
+            imbalance_factor=config.imbalance_factor,
+            imbalance_mode=config.imbalance_mode,
+            imbalance_seed=config.seed,
+        )
+    return options
+
+
+class ProgressBar:
+    """A rich progress bar with the loss and the step rate."""
+
+    def __init__(self, total: int, completed: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.1f} steps/s"), TimeRemainingColumn(),
+        )
+        self.task = self.progress.add_task("train", total=total, completed=completed, loss=float("nan"), rate=0.0)
+        self.start_step, self.start_time = completed, time.time()
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, step: int, loss: float) -> None:
+        rate = (step - self.start_step) / max(time.time() - self.start_time, 1e-9)
+        self.progress.update(self.task, completed=step, loss=loss, rate=rate)
