@@ -103,7 +103,7 @@ def train(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Run one training run into OUT: config.json, status.json, metrics and dynamics Parquet, checkpoint."""
-    from rotsweep import presets, train as training
+    from rotsweep import presets, store, train as training
     from rotsweep.config import RunConfig
 
     if (preset is None) == (config is None):
@@ -111,7 +111,7 @@ def train(
     run_config = presets.preset(preset) if preset else RunConfig.load(config)
     run_config = run_config.with_overrides(set_)
     status = training.run(run_config, out, device=device, data_dir=data_dir, progress=progress)
-    summary = training.read_status(out)
+    summary = store.read_status(out)
     typer.echo(f"run {run_config.run_id}: {status} at step {summary.get('step')} in {summary.get('wall_s')} s -> {out}")
     if status != "done":
         raise typer.Exit(1)
@@ -160,6 +160,122 @@ def prepare_text(
 
     result = prepare(inputs, out, val_fraction=val_fraction)
     typer.echo(json.dumps(result, default=str))
+
+
+@app.command()
+@reports_user_errors
+def experiments(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the experiments with the models they accept, their axes and run counts."""
+    from rotsweep.experiments import describe_experiments
+
+    described = describe_experiments()
+    if as_json:
+        print_json(described)
+        return
+    for entry in described:
+        typer.echo(f"{entry['name']}  (Figure {entry['figures']}): {entry['description']}")
+        for model, scales in entry["per_model"].items():
+            counts = ", ".join(f"{scale} {info['runs']} runs" for scale, info in scales.items())
+            axes = ", ".join(scales["paper"]["axes"]) if "paper" in scales else ""
+            typer.echo(f"    --model {model:12s} {counts}; swept: {axes}")
+
+
+@app.command()
+@reports_user_errors
+def launch(
+    experiment: str = typer.Argument(..., help="see `rotsweep experiments`"),
+    model: str = typer.Option(..., help="a model the experiment accepts"),
+    scale: str = typer.Option("paper", help="paper (A100 recipes) or tiny (CPU minutes)"),
+    executor: str = typer.Option("slurm", help="slurm or local"),
+    profile: Optional[str] = typer.Option(None, help="cluster profile in slurm/ (default: a100, or local)"),
+    out: Optional[Path] = typer.Option(None, help="sweep directory (default: sweeps/EXPERIMENT-MODEL-SCALE)"),
+    seeds: Optional[list[int]] = typer.Option(None, "--seeds", help="seeds (repeatable; default: the paper's)"),
+    set_: list[str] = typer.Option([], "--set", help="override a RunConfig field in every run: key=value"),
+    max_parallel: Optional[int] = typer.Option(None, help="runs at once (SLURM array throttle %N; local pool size)"),
+    runs_per_job: int = typer.Option(1, help="pack several runs into one job"),
+    rerun_failed: bool = typer.Option(False, "--rerun-failed", help="also resubmit runs that raised an error"),
+    data_dir: Optional[Path] = typer.Option(None, help="data sets root on the nodes (default: $ROTSWEEP_DATA_DIR)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; submit nothing"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Launch an experiment's sweep; relaunching submits only what is not done."""
+    from rotsweep import launch as launcher
+
+    plan = launcher.make_plan(
+        experiment, model, scale=scale, out=out, seeds=seeds or None, overrides=set_, rerun_failed=rerun_failed,
+    )
+    if dry_run:
+        report = launcher.dry_run_report(plan, executor=executor, profile_name=profile, max_parallel=max_parallel,
+                                         runs_per_job=runs_per_job)
+        if as_json:
+            print_json(report)
+        else:
+            typer.echo(launcher.format_dry_run(report))
+        return
+    submission = launcher.submit(
+        plan, executor=executor, profile_name=profile, max_parallel=max_parallel, runs_per_job=runs_per_job,
+        data_dir=str(data_dir) if data_dir else None,
+    )
+    summary = {
+        "sweep": str(plan.sweep), "submitted_runs": submission.runs, "jobs": submission.jobs,
+        "job_ids": submission.job_ids, "already_done": len(plan.already_done), "total_runs": len(plan.runs),
+    }
+    if as_json:
+        print_json(summary)
+    else:
+        typer.echo(
+            f"{plan.sweep}: submitted {submission.runs} of {len(plan.runs)} runs in {submission.jobs} {executor} job(s); "
+            f"{len(plan.already_done)} already finished. Follow with: rotsweep status {plan.sweep}"
+        )
+
+
+@app.command()
+@reports_user_errors
+def status(
+    sweep: Path = typer.Argument(..., help="sweep directory"),
+    as_json: bool = typer.Option(False, "--json"),
+    watch: bool = typer.Option(False, "--watch", help="refresh until every run has stopped"),
+    interval: float = typer.Option(5.0, help="seconds between refreshes with --watch"),
+) -> None:
+    """Counts per state and a table per run: state, step/total, last metric, job id."""
+    from rotsweep import launch as launcher
+
+    if watch:
+        launcher.watch_status(sweep, interval)
+        return
+    report = launcher.sweep_status(sweep)
+    if as_json:
+        print_json(report)
+    else:
+        typer.echo(launcher.format_status(report))
+
+
+@app.command()
+@reports_user_errors
+def cancel(sweep: Path = typer.Argument(..., help="sweep directory")) -> None:
+    """Cancel every job of a sweep that may still run."""
+    from rotsweep import launch as launcher
+
+    cancelled = launcher.cancel(sweep)
+    typer.echo(f"cancelled {len(cancelled)} job(s): {' '.join(cancelled) or '-'}")
+
+
+@app.command()
+@reports_user_errors
+def logs(
+    sweep: Path = typer.Argument(..., help="sweep directory"),
+    run_id: str = typer.Argument(..., help="a run id from `rotsweep status`"),
+    lines: int = typer.Option(40, help="last lines of each log"),
+) -> None:
+    """Show the paths and last lines of a run's log and of its job's stdout/stderr."""
+    from rotsweep import launch as launcher
+
+    for label, path in launcher.log_paths(sweep, run_id).items():
+        typer.echo(f"== {label}: {path}")
+        if path.exists():
+            typer.echo("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+        else:
+            typer.echo("(not written yet)")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -51,3 +52,57 @@ def write_parquet(path: str | os.PathLike, table: pd.DataFrame | pa.Table) -> No
         table = pa.Table.from_pandas(table, preserve_index=False)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+# --- The layout of a sweep and of its run directories --------------------------------------
+#
+#   SWEEP/manifest.json                what the sweep is: experiment, scale, grid, run_ids, jobs
+#   SWEEP/runs/<run_id>/config.json    one directory per run (see rotsweep.train)
+#   SWEEP/jobs/                        submitit's folder: submission scripts, pickles, job logs
+#   SWEEP/results/*.parquet            written by `rotsweep gather`
+#   SWEEP/figures/*.png|pdf            written by `rotsweep plot`
+
+MANIFEST_FILE = "manifest.json"
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.parquet"
+DYNAMICS_DIR = "dynamics.parquet"  # a directory of part files, one per checkpoint
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "log.txt"
+
+RUN_STATUSES = ("pending", "running", "done", "diverged", "failed", "preempted")
+FINISHED_STATUSES = ("done", "diverged")
+
+
+def runs_dir(sweep: str | os.PathLike) -> Path:
+    return Path(sweep) / "runs"
+
+
+def run_dir(sweep: str | os.PathLike, run_id: str) -> Path:
+    return runs_dir(sweep) / run_id
+
+
+def jobs_dir(sweep: str | os.PathLike) -> Path:
+    return Path(sweep) / "jobs"
+
+
+def write_status(run_dir: str | os.PathLike, status: str, **fields: Any) -> None:
+    assert status in RUN_STATUSES, status
+    write_json(Path(run_dir) / STATUS_FILE, {"status": status, "updated": time.time(), **fields})
+
+
+def read_status(run_dir: str | os.PathLike) -> dict:
+    """The run's status.json, or {"status": "pending"} when the run has not started."""
+    try:
+        return read_json(Path(run_dir) / STATUS_FILE)
+    except FileNotFoundError:
+        return {"status": "pending"}
+
+
+def read_manifest(sweep: str | os.PathLike) -> dict | None:
+    path = Path(sweep) / MANIFEST_FILE
+    return read_json(path) if path.exists() else None
+
+
+def write_manifest(sweep: str | os.PathLike, manifest: dict) -> None:
+    write_json(Path(sweep) / MANIFEST_FILE, manifest)

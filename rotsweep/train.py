@@ -37,15 +37,9 @@ from rotsweep.models import build_model, param_groups
 from rotsweep.optim import build_optimizer
 from rotsweep.schedule import learning_rate
 
-STATUSES = ("pending", "running", "done", "diverged", "failed", "preempted")
-FINISHED = ("done", "diverged")
-
-CONFIG_FILE = "config.json"
-STATUS_FILE = "status.json"
-METRICS_FILE = "metrics.parquet"
-DYNAMICS_DIR = "dynamics.parquet"
-CHECKPOINT_FILE = "checkpoint.pt"
-LOG_FILE = "log.txt"
+from rotsweep.store import (
+    CHECKPOINT_FILE, CONFIG_FILE, DYNAMICS_DIR, FINISHED_STATUSES, LOG_FILE, METRICS_FILE, read_status, write_status,
+)
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -87,19 +81,6 @@ class RunLog:
             print(line, flush=True)
 
 
-def write_status(run_dir: Path, status: str, **fields) -> None:
-    assert status in STATUSES, status
-    store.write_json(run_dir / STATUS_FILE, {"status": status, "updated": time.time(), **fields})
-
-
-def read_status(run_dir: Path) -> dict:
-    """The run's status.json, or {"status": "pending"} when it has not started."""
-    try:
-        return store.read_json(Path(run_dir) / STATUS_FILE)
-    except FileNotFoundError:
-        return {"status": "pending"}
-
-
 def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
     """Create run_dir with config.json, refusing a directory that belongs to another config."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +108,7 @@ def run(
     run_dir = Path(run_dir)
     prepare_run_dir(config, run_dir)
     status = read_status(run_dir)
-    if status["status"] in FINISHED:
+    if status["status"] in FINISHED_STATUSES:
         return status["status"]
     log = RunLog(run_dir / LOG_FILE, echo=echo)
     try:

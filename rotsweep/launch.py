@@ -1,0 +1,685 @@
+"""Plan, submit and follow sweeps: SLURM job arrays through submitit, or this machine.
+
+A sweep is a directory (see rotsweep.store for its layout). Launching is
+idempotent: every run is identified by its config's run_id and keeps its own
+directory, so launching the same command again submits only the runs that are
+not finished or in flight, and two runs with the same config are one run.
+
+The decision for each run combines what the run wrote (status.json) with what
+the scheduler says of its job (one sacct call for the whole sweep):
+
+    done, diverged            finished: never resubmitted
+    running, queued           in flight: left alone
+    pending                   never submitted (or its directory was deleted): submitted
+    preempted, cancelled      the job stopped before the run finished: submitted, resumes from its checkpoint
+    failed (exception)        the run raised: resubmitted only with --rerun-failed
+    failed (crashed)          the job ended without the run saying why (killed, OOM,
+                              COMPLETED without a finished run): submitted again
+
+Local execution uses the same code path: submitit's LocalExecutor starts every
+job at once, so runs are packed into at most `max_parallel` jobs that each
+work through their runs one after the other.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import submitit
+
+from rotsweep import __version__, store
+from rotsweep.config import RunConfig
+from rotsweep.errors import UserError
+from rotsweep.experiments import get_experiment
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "slurm"
+EXECUTORS = ("slurm", "local")
+SCALES = ("paper", "tiny")
+
+# Job states (sacct's first word) in which a job may still run its runs.
+ACTIVE_JOB_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
+                     "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
+
+
+# --- Profiles ------------------------------------------------------------------------------
+
+
+def load_profile(name: str) -> dict:
+    """A cluster profile: slurm/NAME.toml, or a path to a .toml file.
+
+    Keys are submitit AutoExecutor parameters (timeout_min, mem_gb, cpus_per_task,
+    gpus_per_node, slurm_partition, slurm_array_parallelism, ...), see slurm/README.md.
+    """
+    path = Path(name) if name.endswith(".toml") else PROFILE_DIR / f"{name}.toml"
+    if not path.exists():
+        available = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))) or "none"
+        raise UserError(f"unknown profile {name!r}: no file {path}; available profiles: {available}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"profile {path} is not valid TOML: {error}") from None
+
+
+# --- Asking the scheduler ------------------------------------------------------------------
+
+
+def _run_command(args: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+
+
+def check_slurm_reachable() -> None:
+    """A one-line UserError unless a SLURM controller answers."""
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        raise UserError(
+            "SLURM is not installed here (no sbatch on PATH); use --executor local, "
+            "or start the test cluster with `bash slurm/cluster.sh start`"
+        )
+    try:
+        ping = _run_command(["scontrol", "ping"], timeout=20)
+    except subprocess.TimeoutExpired:
+        raise UserError("SLURM controller unreachable (scontrol ping timed out); check slurmctld") from None
+    if ping.returncode != 0 or "UP" not in ping.stdout:
+        answer = (ping.stdout + ping.stderr).strip().splitlines()
+        raise UserError(
+            f"SLURM controller unreachable ({answer[-1] if answer else 'no answer'}); "
+            "start it (`bash slurm/cluster.sh start` for the local test cluster) or use --executor local"
+        )
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize: an array's task indices must stay below it."""
+    result = _run_command(["scontrol", "show", "config"])
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize":
+            return int(value.strip())
+    return 1001  # SLURM's documented default
+
+
+def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
+    """{job_id: first word of sacct's State} for the given ids, in one sacct call."""
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    result = _run_command(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(sorted(set(job_ids)))])
+    states: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        job_id, _, state = line.partition("|")
+        if state:
+            states[job_id.strip()] = state.split()[0].strip()
+    return states
+
+
+def local_job_states(job_ids: list[str]) -> dict[str, str]:
+    """Local jobs are processes: RUNNING while the PID lives, COMPLETED afterwards."""
+    states = {}
+    for job_id in job_ids:
+        try:
+            os.kill(int(job_id), 0)
+            states[job_id] = "RUNNING"
+        except (ProcessLookupError, ValueError):
+            states[job_id] = "COMPLETED"
+        except PermissionError:
+            states[job_id] = "RUNNING"
+    return states
+
+
+def job_states(jobs: dict[str, dict]) -> dict[str, str]:
+    """{run_id: job state} for the runs in a manifest's `jobs` table."""
+    by_executor: dict[str, list[str]] = {"slurm": [], "local": []}
+    for job in jobs.values():
+        by_executor[job["executor"]].append(job["job_id"])
+    states = {**slurm_job_states(by_executor["slurm"]), **local_job_states(by_executor["local"])}
+    result = {}
+    for run_id, job in jobs.items():
+        state = states.get(job["job_id"])
+        if job.get("cancelled") and state in (None, "COMPLETED"):
+            state = "CANCELLED"  # local jobs: we killed the process ourselves
+        result[run_id] = state
+    return result
+
+
+# --- The state of each run -----------------------------------------------------------------
+
+
+@dataclass
+class RunState:
+    state: str  # done | diverged | running | queued | pending | preempted | cancelled | failed
+    detail: str = ""
+    crashed: bool = False  # failed without the run recording why: resubmitted automatically
+
+
+def run_state(status: dict, job_state: str | None) -> RunState:
+    """Combine a run's status.json with its job's scheduler state."""
+    recorded = status["status"]
+    if recorded in store.FINISHED_STATUSES:
+        return RunState(recorded)
+    if job_state in ACTIVE_JOB_STATES:
+        if recorded == "running":
+            return RunState("running", f"job {job_state}")
+        return RunState("queued", f"job {job_state}")
+    if job_state == "CANCELLED":
+        return RunState("cancelled", "job cancelled")
+    if recorded == "failed":
+        return RunState("failed", status.get("error") or "the run raised an exception")
+    if recorded == "preempted":
+        return RunState("preempted", "interrupted; resumes from its checkpoint")
+    if job_state is None:
+        if recorded == "pending":
+            return RunState("pending", "not submitted")
+        return RunState("failed", "no job known for a started run", crashed=True)
+    # The job is over (COMPLETED, FAILED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL ...) but the run never finished.
+    return RunState("failed", f"job {job_state} without a finished run", crashed=True)
+
+
+def should_submit(state: RunState, rerun_failed: bool) -> bool:
+    if state.state in ("pending", "preempted", "cancelled"):
+        return True
+    return state.state == "failed" and (state.crashed or rerun_failed)
+
+
+# --- Planning ------------------------------------------------------------------------------
+
+
+@dataclass
+class PlannedRun:
+    config: RunConfig
+    run_dir: Path
+    state: RunState
+    submit: bool
+
+
+@dataclass
+class Plan:
+    experiment: str
+    model: str
+    scale: str
+    sweep: Path
+    seeds: list[int] | None
+    overrides: list[str]
+    axes: dict
+    runs: list[PlannedRun] = field(default_factory=list)
+
+    @property
+    def to_submit(self) -> list[PlannedRun]:
+        return [run for run in self.runs if run.submit]
+
+    @property
+    def already_done(self) -> list[PlannedRun]:
+        return [run for run in self.runs if run.state.state in store.FINISHED_STATUSES]
+
+    def manifest_identity(self) -> dict:
+        return {"experiment": self.experiment, "model": self.model, "scale": self.scale,
+                "seeds": self.seeds, "overrides": self.overrides}
+
+
+def default_sweep_dir(experiment: str, model: str, scale: str) -> Path:
+    return Path("sweeps") / f"{experiment}-{model}-{scale}"
+
+
+def make_plan(
+    experiment: str,
+    model: str,
+    *,
+    scale: str = "paper",
+    out: Path | None = None,
+    seeds: list[int] | None = None,
+    overrides: list[str] = (),
+    rerun_failed: bool = False,
+) -> Plan:
+    """Expand the experiment's grid and decide, run by run, what to submit. Writes nothing."""
+    if scale not in SCALES:
+        raise UserError(f"unknown scale {scale!r}; choose paper or tiny")
+    spec = get_experiment(experiment)
+    configs = [config.with_overrides(list(overrides)) for config in spec.runs(model, scale=scale, seeds=seeds)]
+    unique = list({config.run_id: config for config in configs}.values())
+    if not unique:
+        raise UserError(f"the grid of {experiment} for {model} at {scale} scale is empty; check --seeds and --set")
+    sweep = Path(out) if out is not None else default_sweep_dir(experiment, model, scale)
+    plan = Plan(experiment, model, scale, sweep, seeds, list(overrides), spec.axes(model, scale))
+
+    manifest = store.read_manifest(sweep)
+    if manifest is not None:
+        recorded = {key: manifest.get(key) for key in plan.manifest_identity()}
+        if recorded != plan.manifest_identity():
+            raise UserError(
+                f"{sweep} holds another sweep ({manifest['experiment']} {manifest['model']} {manifest['scale']}, "
+                f"seeds {manifest.get('seeds')}, --set {manifest.get('overrides')}); choose another --out"
+            )
+    states = job_states(manifest.get("jobs", {}) if manifest else {})
+    for config in unique:
+        directory = store.run_dir(sweep, config.run_id)
+        state = run_state(store.read_status(directory), states.get(config.run_id))
+        plan.runs.append(PlannedRun(config, directory, state, should_submit(state, rerun_failed)))
+    return plan
+
+
+# --- The job: what runs on a node ----------------------------------------------------------
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """Trains a list of run directories one after the other; requeued on preemption.
+
+    On preemption or timeout submitit calls `checkpoint` (the default returns
+    this same job) and requeues it; each run then resumes from its own last
+    checkpoint, and finished runs are skipped.
+    """
+
+    def __init__(self, run_dirs: list[str], data_dir: str | None = None, threads: int | None = None):
+        self.run_dirs = run_dirs
+        self.data_dir = data_dir
+        self.threads = threads
+
+    def __call__(self) -> dict[str, str]:
+        import torch
+
+        from rotsweep import train
+
+        threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
+        if threads:
+            torch.set_num_threads(threads)
+        results, failures = {}, []
+        for run_dir in self.run_dirs:
+            config = RunConfig.load(Path(run_dir) / store.CONFIG_FILE)
+            try:
+                results[config.run_id] = train.run(config, run_dir, data_dir=self.data_dir)
+            except Exception as error:  # recorded in the run's status.json and log.txt
+                results[config.run_id] = "failed"
+                failures.append(f"{config.run_id}: {type(error).__name__}: {error}")
+        if failures:
+            # Fail the job too, so that the scheduler's view agrees with the runs'.
+            raise RuntimeError("runs failed: " + "; ".join(failures))
+        return results
+
+
+# --- Submission ----------------------------------------------------------------------------
+
+
+def pack(runs: list[PlannedRun], runs_per_job: int) -> list[list[PlannedRun]]:
+    return [runs[i : i + runs_per_job] for i in range(0, len(runs), runs_per_job)]
+
+
+def local_cpu_threads(max_parallel: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max_parallel)
+
+
+def make_executor(executor: str, sweep: Path, profile: dict, max_parallel: int | None, name: str):
+    folder = store.jobs_dir(sweep)
+    if executor == "slurm":
+        parameters = dict(profile)
+        if max_parallel:
+            parameters["slurm_array_parallelism"] = max_parallel
+        chosen = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    else:
+        # Generous limit: a local job is never timed out by submitit.
+        parameters = {"timeout_min": profile.get("timeout_min", 7 * 24 * 60)}
+        chosen = submitit.AutoExecutor(folder=folder, cluster="local")
+    try:
+        chosen.update_parameters(name=name, **parameters)
+    except (NameError, ValueError, TypeError) as error:
+        raise UserError(f"bad cluster profile parameter: {error}") from None
+    return chosen
+
+
+@dataclass
+class Submission:
+    jobs: int
+    runs: int
+    job_ids: list[str]
+
+
+def submit(
+    plan: Plan,
+    *,
+    executor: str = "slurm",
+    profile_name: str | None = None,
+    max_parallel: int | None = None,
+    runs_per_job: int = 1,
+    data_dir: str | None = None,
+) -> Submission:
+    """Submit the plan's runs; returns as soon as the scheduler has them."""
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor {executor!r}; choose slurm or local")
+    if runs_per_job < 1:
+        raise UserError("--runs-per-job must be at least 1")
+    if max_parallel is not None and max_parallel < 1:
+        raise UserError("--max-parallel must be at least 1")
+    profile = load_profile(profile_name or ("local" if executor == "local" else "a100"))
+    if executor == "slurm":
+        check_slurm_reachable()
+    if plan.scale == "paper":
+        require_data(plan, data_dir)
+
+    runs = plan.to_submit
+    if executor == "local":
+        # Bounded local pool: at most max_parallel jobs, each running its share in sequence.
+        max_parallel = max_parallel or 1
+        runs_per_job = max(runs_per_job, math.ceil(len(runs) / max_parallel)) if runs else 1
+        threads = local_cpu_threads(min(max_parallel, max(len(runs), 1)))
+    else:
+        threads = None
+    groups = pack(runs, runs_per_job)
+    jobs_to_make = [RunJob([str(run.run_dir) for run in group], data_dir, threads) for group in groups]
+    for job in jobs_to_make:
+        pickle.dumps(job)  # fail here, not on the node, if something cannot be pickled
+
+    manifest = update_manifest(plan, executor, profile_name)
+    for run in runs:
+        prepare_run_dir(run)
+    if not groups:
+        return Submission(0, 0, [])
+
+    chosen = make_executor(executor, plan.sweep, profile, max_parallel, f"rotsweep-{plan.experiment}")
+    array_limit = max_array_size() if executor == "slurm" else len(groups)
+    job_ids: list[str] = []
+    for start in range(0, len(groups), array_limit):
+        chunk_groups = groups[start : start + array_limit]
+        with chosen.batch():
+            submitted = [chosen.submit(job) for job in jobs_to_make[start : start + array_limit]]
+        for group, job in zip(chunk_groups, submitted):
+            job_ids.append(job.job_id)
+            for run in group:
+                manifest["jobs"][run.config.run_id] = {
+                    "job_id": job.job_id, "executor": executor, "submitted": time.time(),
+                }
+        store.write_manifest(plan.sweep, manifest)  # after each array: nothing submitted is forgotten
+    return Submission(len(groups), len(runs), job_ids)
+
+
+def prepare_run_dir(run: PlannedRun) -> None:
+    """Write config.json, and drop a stale failure status so the run reads as queued."""
+    from rotsweep.train import prepare_run_dir as prepare
+
+    prepare(run.config, run.run_dir)
+    if run.state.state in ("failed", "cancelled"):
+        store.write_status(run.run_dir, "pending", resubmitted_after=run.state.state)
+
+
+def update_manifest(plan: Plan, executor: str, profile_name: str | None) -> dict:
+    manifest = store.read_manifest(plan.sweep) or {
+        **plan.manifest_identity(),
+        "created": time.time(),
+        "runs": [],
+        "jobs": {},
+        "launches": [],
+    }
+    known = set(manifest["runs"])
+    manifest["runs"] += [run.config.run_id for run in plan.runs if run.config.run_id not in known]
+    manifest["axes"] = plan.axes
+    manifest["code_version"] = code_version()
+    manifest["launches"].append({
+        "time": time.time(), "executor": executor, "profile": profile_name,
+        "submitted": [run.config.run_id for run in plan.to_submit],
+    })
+    store.write_manifest(plan.sweep, manifest)
+    return manifest
+
+
+def code_version() -> str:
+    """rotsweep's version and, in a git checkout, the commit (marked -dirty with local changes)."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = _run_command(["git", "-C", str(repo), "describe", "--always", "--dirty"], timeout=5)
+        if commit.returncode == 0:
+            return f"{__version__}+{commit.stdout.strip()}"
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return __version__
+
+
+def require_data(plan: Plan, data_dir: str | None) -> None:
+    """Paper-scale runs need their data sets: say so before anything is submitted."""
+    from rotsweep.data import require_dataset
+
+    for name in sorted({run.config.dataset for run in plan.to_submit}):
+        require_dataset(name, data_dir=data_dir)
+
+
+# --- Dry run -------------------------------------------------------------------------------
+
+# A100 throughput of each recipe, from the train durations of the paper's Tables 4 and 5:
+# ResNet-20/18 CIFAR: 200 epochs x 50k images in 35 min; ResNet-50 ImageNet: 90 x 1.28M in 30 h;
+# GPT2-124M: 15k steps x 165 x 512 tokens in 3 h (Wikitext), 5k x 491,520 tokens in 4 h (OWT).
+A100_SAMPLES_PER_SECOND = {"resnet20": 4762.0, "resnet18": 4762.0, "resnet18-ln": 4762.0, "vgg13": 4762.0,
+                           "resnet50": 1067.0}
+A100_TOKENS_PER_SECOND = {"gpt2": 117_000.0}
+TRAIN_SET_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
+
+
+def estimated_gpu_hours(config: RunConfig) -> float | None:
+    """Rough A100 hours of one run from the paper's measured durations (None if unknown)."""
+    samples_per_step = config.batch_size * config.accumulation
+    if config.model in A100_TOKENS_PER_SECOND:
+        if config.steps is None:
+            return None
+        tokens = config.steps * samples_per_step * (config.block_size or 1024)
+        return tokens / A100_TOKENS_PER_SECOND[config.model] / 3600
+    if config.model in A100_SAMPLES_PER_SECOND and config.dataset in TRAIN_SET_SIZES:
+        train_size = TRAIN_SET_SIZES[config.dataset] * (0.9 if config.val_split else 1.0)
+        steps = config.steps if config.steps is not None else config.epochs * train_size // samples_per_step
+        return steps * samples_per_step / A100_SAMPLES_PER_SECOND[config.model] / 3600
+    return None
+
+
+def sbatch_header(profile: dict, sweep: Path, name: str, array_size: int, max_parallel: int | None) -> str:
+    """The #SBATCH lines submitit would write for this profile (rendered without needing srun)."""
+    from submitit.slurm import slurm
+
+    parameters: dict = {}
+    generic = slurm.SlurmExecutor._equivalence_dict()
+    for key, value in profile.items():
+        if key.startswith("slurm_"):
+            parameters[key[len("slurm_"):]] = value
+        elif key in generic:
+            parameters[generic[key]] = value
+        else:
+            raise UserError(f"bad cluster profile parameter {key!r}: not a submitit AutoExecutor parameter")
+    if "mem" in parameters:
+        parameters["mem"] = slurm._convert_mem(parameters["mem"])
+    if max_parallel:
+        parameters["array_parallelism"] = max_parallel
+    text = slurm._make_sbatch_string(
+        command=f"{sys.executable} -u -m submitit.core._submit {store.jobs_dir(sweep)}",
+        folder=store.jobs_dir(sweep), job_name=name, map_count=array_size, **parameters,
+    )
+    return "\n".join(line for line in text.splitlines() if line.startswith("#SBATCH"))
+
+
+def dry_run_report(
+    plan: Plan, *, executor: str, profile_name: str | None, max_parallel: int | None, runs_per_job: int
+) -> dict:
+    """Everything `launch` would do, as data: runs, grid, resources, sbatch header, GPU hours."""
+    profile = load_profile(profile_name or ("local" if executor == "local" else "a100"))
+    jobs = math.ceil(len(plan.to_submit) / runs_per_job)
+    hours = [estimated_gpu_hours(run.config) for run in plan.to_submit]
+    known = [h for h in hours if h is not None]
+    report = {
+        "experiment": plan.experiment,
+        "model": plan.model,
+        "scale": plan.scale,
+        "sweep": str(plan.sweep),
+        "axes": plan.axes,
+        "runs": [
+            {"run_id": run.config.run_id, "state": run.state.state, "submit": run.submit,
+             "config": run.config.to_dict()}
+            for run in plan.runs
+        ],
+        "to_submit": len(plan.to_submit),
+        "already_done": len(plan.already_done),
+        "executor": executor,
+        "profile": profile,
+        "jobs": jobs,
+        "gpu_hours": round(sum(known) * profile.get("gpus_per_node", 1), 1) if known and plan.scale == "paper" else None,
+    }
+    if executor == "slurm":
+        report["sbatch_header"] = sbatch_header(
+            profile, plan.sweep, f"rotsweep-{plan.experiment}", jobs, max_parallel
+        )
+    return report
+
+
+def format_dry_run(report: dict) -> str:
+    lines = [
+        f"{report['experiment']} / {report['model']} / {report['scale']} scale -> {report['sweep']}",
+        f"grid: " + "; ".join(f"{axis} = {values}" for axis, values in report["axes"].items()),
+        f"runs: {len(report['runs'])} ({report['to_submit']} to submit, {report['already_done']} already finished)",
+    ]
+    for run in report["runs"]:
+        config = run["config"]
+        mark = "submit" if run["submit"] else "skip  "
+        lines.append(
+            f"  {mark} {run['run_id']}  {run['state']:9s} {config['optimizer']}{'+rv' if config['rotational'] else ''}"
+            f"  lr {config['lr']:<10.4g} wd {config['weight_decay']:<10.4g} warmup {config['warmup_steps'] or config['warmup_epochs']}"
+            f"  seed {config['seed']}"
+        )
+    lines.append(f"{report['executor']} jobs: {report['jobs']}; resources per job: {report['profile']}")
+    if report.get("gpu_hours") is not None:
+        lines.append(f"estimated A100 GPU-hours (from the paper's Table 4/5 durations): {report['gpu_hours']}")
+    if "sbatch_header" in report:
+        lines += ["sbatch header:", report["sbatch_header"]]
+    lines.append("dry run: nothing was submitted or written")
+    return "\n".join(lines)
+
+
+# --- Status, cancel, logs ------------------------------------------------------------------
+
+
+def load_sweep(sweep: Path) -> dict:
+    manifest = store.read_manifest(sweep)
+    if manifest is None:
+        raise UserError(f"{sweep} is not a sweep directory (no {store.MANIFEST_FILE}); launch one with `rotsweep launch`")
+    return manifest
+
+
+def last_metric(run_dir: Path) -> tuple[str, float] | None:
+    """The last validation metric a run wrote (top1 for images, loss for text)."""
+    import pyarrow.parquet as pq
+
+    path = run_dir / store.METRICS_FILE
+    if not path.exists():
+        return None
+    table = pq.read_table(path).to_pandas()
+    val = table[table["split"] == "val"]
+    if val.empty:
+        val = table
+    if val.empty:
+        return None
+    preferred = "top1" if (val["metric"] == "top1").any() else "loss"
+    row = val[val["metric"] == preferred].iloc[-1]
+    return f"{row['split']}_{preferred}", float(row["value"])
+
+
+def sweep_status(sweep: Path) -> dict:
+    """Every run's state, step and last metric, from the run directories and one sacct call."""
+    manifest = load_sweep(sweep)
+    states = job_states(manifest.get("jobs", {}))
+    runs = []
+    for run_id in manifest["runs"]:
+        directory = store.run_dir(sweep, run_id)
+        status = store.read_status(directory)
+        state = run_state(status, states.get(run_id))
+        job = manifest.get("jobs", {}).get(run_id, {})
+        metric = last_metric(directory)
+        runs.append({
+            "run_id": run_id,
+            "state": state.state,
+            "detail": state.detail,
+            "step": status.get("step", 0),
+            "total_steps": status.get("total_steps"),
+            "metric": metric[0] if metric else None,
+            "value": metric[1] if metric else None,
+            "job_id": job.get("job_id"),
+            "log": str(directory / store.LOG_FILE),
+        })
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run["state"]] = counts.get(run["state"], 0) + 1
+    return {"sweep": str(sweep), "experiment": manifest["experiment"], "model": manifest["model"],
+            "scale": manifest["scale"], "counts": counts, "runs": runs}
+
+
+def cancel(sweep: Path) -> list[str]:
+    """Cancel every job of the sweep that may still run; returns the cancelled job ids."""
+    manifest = load_sweep(sweep)
+    jobs = manifest.get("jobs", {})
+    states = job_states(jobs)
+    active = {run_id: job for run_id, job in jobs.items() if states.get(run_id) in ACTIVE_JOB_STATES}
+    slurm_ids = sorted({job["job_id"] for job in active.values() if job["executor"] == "slurm"})
+    local_ids = sorted({job["job_id"] for job in active.values() if job["executor"] == "local"})
+    if slurm_ids:
+        result = _run_command(["scancel", *slurm_ids])
+        if result.returncode != 0:
+            raise UserError(f"scancel failed: {result.stderr.strip()}")
+    for pid in local_ids:
+        try:
+            os.killpg(int(pid), signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for run_id in active:
+        jobs[run_id]["cancelled"] = True
+    store.write_manifest(sweep, manifest)
+    return slurm_ids + local_ids
+
+
+def log_paths(sweep: Path, run_id: str) -> dict[str, Path]:
+    manifest = load_sweep(sweep)
+    if run_id not in manifest["runs"]:
+        raise UserError(f"no run {run_id} in {sweep}; `rotsweep status {sweep}` lists the runs")
+    paths = {"run log": store.run_dir(sweep, run_id) / store.LOG_FILE}
+    job = manifest.get("jobs", {}).get(run_id)
+    if job:
+        folder = store.jobs_dir(sweep)
+        paths["job stdout"] = folder / f"{job['job_id']}_0_log.out"
+        paths["job stderr"] = folder / f"{job['job_id']}_0_log.err"
+    return paths
+
+
+def format_status(report: dict) -> str:
+    counts = ", ".join(f"{count} {state}" for state, count in sorted(report["counts"].items()))
+    lines = [f"{report['sweep']}: {report['experiment']} / {report['model']} / {report['scale']}: {counts}"]
+    lines.append(f"  {'run_id':12s}  {'state':9s}  {'step':>13s}  {'last metric':>20s}  {'job':>10s}  detail")
+    for run in report["runs"]:
+        steps = f"{run['step']}/{run['total_steps'] if run['total_steps'] is not None else '?'}"
+        metric = f"{run['metric']} {run['value']:.4g}" if run["metric"] else "-"
+        detail = run["detail"] + (f" (log: {run['log']})" if run["state"] == "failed" else "")
+        lines.append(f"  {run['run_id']:12s}  {run['state']:9s}  {steps:>13s}  {metric:>20s}  {str(run['job_id'] or '-'):>10s}  {detail}")
+    return "\n".join(lines)
+
+
+STOPPED_STATES = ("done", "diverged", "failed", "cancelled", "pending", "preempted")
+
+
+def watch_status(sweep: Path, interval: float) -> dict:
+    """Redraw the status with a progress bar until no run is running or queued."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.text import Text
+
+    progress = Progress(TextColumn("[bold]runs finished"), BarColumn(), MofNCompleteColumn())
+    task = progress.add_task("runs", total=None)
+    with Live(refresh_per_second=2) as live:
+        while True:
+            report = sweep_status(sweep)
+            finished = sum(report["counts"].get(state, 0) for state in store.FINISHED_STATUSES)
+            progress.update(task, total=len(report["runs"]), completed=finished)
+            live.update(Group(progress, Text(format_status(report))))
+            if all(run["state"] in STOPPED_STATES for run in report["runs"]):
+                return report
+            time.sleep(interval)
