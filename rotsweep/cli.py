@@ -151,15 +151,19 @@ def models(
 @app.command("prepare-text")
 @reports_user_errors
 def prepare_text(
-    inputs: list[Path] = typer.Argument(..., help="text files (or a directory of .txt files)"),
-    out: Path = typer.Option(..., help="directory for train.bin and val.bin"),
-    val_fraction: float = typer.Option(0.0005, help="share of tokens held out for val.bin"),
+    inputs: list[Path] = typer.Argument(..., help="training text files (or directories of .txt files)"),
+    out: Path = typer.Option(..., help="directory for train.bin / val.bin (/ test.bin)"),
+    val_file: list[Path] = typer.Option([], "--val-file", help="text files for val.bin (default: the tail of the inputs)"),
+    test_file: list[Path] = typer.Option([], "--test-file", help="text files for test.bin"),
+    val_fraction: float = typer.Option(0.0005, help="share of tokens held out for val.bin when no --val-file"),
+    encoding: str = typer.Option("gpt2", help="tiktoken encoding"),
 ) -> None:
-    """Tokenize text files with GPT-2 BPE into nanoGPT's train.bin / val.bin (uint16)."""
+    """Tokenize text files with GPT-2 BPE into nanoGPT's uint16 train.bin / val.bin."""
     from rotsweep.data.tokens import prepare_text as prepare
 
-    result = prepare(inputs, out, val_fraction=val_fraction)
-    typer.echo(json.dumps(result, default=str))
+    counts = prepare(inputs, out, val_fraction=val_fraction, val_files=val_file, test_files=test_file, encoding=encoding)
+    for split, tokens in counts.items():
+        typer.echo(f"{out / (split + '.bin')}: {tokens:,} tokens")
 
 
 @app.command()

@@ -312,6 +312,8 @@ class Trainer:
         return {
             "step": self.step,
             "total_steps": self.lengths.total_steps,
+            "warmup_steps": self.lengths.warmup_steps,  # resolved from warmup_epochs when given in epochs
+            "steps_per_epoch": self.lengths.steps_per_epoch,
             "wall_s": round(self.wall_s, 3),
             "host": socket.gethostname(),
             "job_id": os.environ.get("SLURM_JOB_ID"),

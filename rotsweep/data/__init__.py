@@ -1,0 +1,209 @@
+"""Data sets for training runs: one entry point, one contract.
+
+    ds = load_dataset("cifar10", data_dir=..., seed=0, val_split=True, device="cuda")
+    for step, (x, y) in zip(range(num_steps), ds.train_batches(256, seed=run_seed)):
+        ...
+
+Every data set, whatever its format, offers the same small surface (see
+`Dataset` below): an infinite, deterministic stream of training batches that
+can be restarted at any step without replaying the earlier ones (exact
+kill-and-resume), and finite, deterministic evaluation batches.
+
+Where the files live. `load_dataset` looks for data under one root directory:
+the `data_dir` argument (the CLI's --data-dir), else the environment variable
+ROTSWEEP_DATA_DIR, else ~/.cache/rotsweep/data. Each data set has a fixed
+sub-directory there:
+
+    cifar10       ROOT/cifar-10-batches-py/   (the unpacked python archive)
+    cifar100      ROOT/cifar-100-python/
+    imagenet      ROOT/imagenet/train/<wnid>/*.JPEG, ROOT/imagenet/val/<wnid>/*.JPEG
+    openwebtext   ROOT/openwebtext/train.bin, val.bin   (nanoGPT's uint16 GPT-2 tokens)
+    wikitext      ROOT/wikitext/train.bin, val.bin [, test.bin]
+
+A missing data set is a one-line UserError naming the files expected and
+where. The synthetic sets need no files: they are generated in memory.
+
+Randomness. Nothing here uses global random state. Every random choice (the
+90/10 split, an epoch's shuffle, a batch's crops, a text window) comes from a
+generator seeded by a purpose name and integers such as (seed, epoch, step),
+so any batch can be recomputed on its own and the result does not depend on
+the device or on how many worker processes decode images.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import zlib
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from rotsweep.errors import UserError
+
+DATASET_NAMES = (
+    "cifar10",
+    "cifar100",
+    "imagenet",
+    "openwebtext",
+    "wikitext",
+    "synthetic-images",
+    "synthetic-text",
+)
+
+DATA_DIR_ENV = "ROTSWEEP_DATA_DIR"
+DEFAULT_DATA_DIR = Path("~/.cache/rotsweep/data")
+
+
+class Dataset(Protocol):
+    """What the training loop may rely on, for every data set."""
+
+    kind: str  # "image" or "text"
+    num_classes: int | None  # image sets; None for text
+    vocab_size: int | None  # text sets; None for images
+    train_size: int  # training images, or training tokens
+    eval_splits: tuple[str, ...]  # the names eval_batches accepts, e.g. ("val", "test")
+
+    def train_batches(self, batch_size: int, *, seed: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Infinite; batch k depends only on (seed, k), so start_step=k resumes exactly."""
+        ...
+
+    def eval_batches(self, batch_size: int, *, split: str = "val", max_batches: int | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """Finite and the same on every call; no augmentation."""
+        ...
+
+    def steps_per_epoch(self, batch_size: int) -> int: ...
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    val_split: bool = False,
+    device: str | torch.device = "cpu",
+    block_size: int | None = None,
+    **options,
+) -> Dataset:
+    """Open data set `name` (one of DATASET_NAMES).
+
+    seed fixes the data set itself: the 90/10 split, the synthetic task and the
+    evaluation windows of text sets. The order of training batches and their
+    augmentation are seeded separately, by `train_batches(seed=...)`.
+
+    val_split holds out 10% of the training images as "val" (CIFAR, ImageNet);
+    the other sets always have a separate validation set, so it changes nothing
+    there. block_size is the window length of text sets (ignored by image sets;
+    None takes the paper's value for the set). options are set-specific
+    (ImageNet: num_workers, image_size; synthetic sets: sizes) and an unknown
+    one is an error.
+    """
+    if name not in DATASET_NAMES:
+        raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    device = torch.device(device)
+    # Local imports: the modules import the helpers below from this package,
+    # and opening CIFAR should not import Pillow.
+    if name in ("cifar10", "cifar100"):
+        from rotsweep.data.cifar import load_cifar as loader
+    elif name == "imagenet":
+        from rotsweep.data.imagenet import load_imagenet as loader
+    elif name in ("openwebtext", "wikitext"):
+        from rotsweep.data.tokens import load_token_files as loader
+    elif name == "synthetic-images":
+        from rotsweep.data.synthetic import load_synthetic_images as loader
+    else:
+        from rotsweep.data.synthetic import load_synthetic_text as loader
+    _check_options(name, loader, options)
+    return loader(
+        name,
+        data_root(data_dir),
+        seed=seed,
+        val_split=val_split,
+        device=device,
+        block_size=block_size,
+        **options,
+    )
+
+
+def require_dataset(name: str, *, data_dir: str | os.PathLike | None = None) -> None:
+    """Check that a data set's files are where load_dataset looks, without reading them.
+
+    The launcher calls this before submitting paper-scale runs, so a missing data
+    set is one line on the submitting machine, not a failed job on every node.
+    """
+    if name not in DATASET_NAMES:
+        raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    root = data_root(data_dir)
+    if name in ("cifar10", "cifar100"):
+        from rotsweep.data.cifar import require_cifar
+
+        require_cifar(name, root)
+    elif name == "imagenet":
+        from rotsweep.data.imagenet import require_imagenet
+
+        require_imagenet(name, root)
+    elif name in ("openwebtext", "wikitext"):
+        from rotsweep.data.tokens import require_token_files
+
+        require_token_files(name, root)
+
+
+def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """The directory holding all data sets: argument, else $ROTSWEEP_DATA_DIR, else ~/.cache."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser()
+    return DEFAULT_DATA_DIR.expanduser()
+
+
+def _check_options(name: str, loader, options: dict) -> None:
+    # A loader's set-specific options are its keyword-only parameters beyond
+    # the common ones, so its signature is the one list of what it accepts.
+    common = {"seed", "val_split", "device", "block_size"}
+    allowed = [
+        p.name
+        for p in inspect.signature(loader).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in common
+    ]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        known = ", ".join(allowed) if allowed else "none"
+        raise UserError(f"unknown option(s) {', '.join(unknown)} for data set {name!r}; its options are: {known}")
+
+
+# ----------------------------------------------------------------------------
+# Helpers shared by the data set modules.
+
+
+def seed_sequence(purpose: str, *keys: int) -> np.random.SeedSequence:
+    """Independent, reproducible randomness for (purpose, keys), e.g. ("shuffle", seed, epoch)."""
+    return np.random.SeedSequence([zlib.crc32(purpose.encode()), *keys])
+
+
+def seeded_generator(purpose: str, *keys: int) -> torch.Generator:
+    """A CPU torch.Generator for (purpose, keys); CPU so results do not depend on the device."""
+    state = seed_sequence(purpose, *keys).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def epochs_from(start_step: int, steps_per_epoch: int) -> Iterator[tuple[int, int]]:
+    """(epoch, first batch within it) for epochs start_step//steps_per_epoch, +1, +2, ..."""
+    epoch, first = divmod(start_step, steps_per_epoch)
+    while True:
+        yield epoch, first
+        epoch, first = epoch + 1, 0
+
+
+def check_batch_size(batch_size: int, train_size: int, unit: str) -> int:
+    """Steps per epoch with the last partial batch dropped; a batch larger than the set is an error."""
+    if batch_size < 1 or batch_size > train_size:
+        raise UserError(f"batch size {batch_size} must be between 1 and the training set size ({train_size} {unit})")
+    return train_size // batch_size
+
+
+def check_eval_split(split: str, eval_splits: tuple[str, ...], name: str) -> None:
+    if split not in eval_splits:
+        raise UserError(f"{name} has no evaluation split {split!r}; it has: {', '.join(eval_splits)}")
