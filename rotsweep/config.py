@@ -32,6 +32,7 @@ class RunConfig:
 
     # Data (see rotsweep.data.load_dataset).
     dataset: str = "synthetic-images"
+    dataset_options: dict = field(default_factory=dict)  # e.g. {"image_size": 16} for synthetic images
     val_split: bool = False  # 90/10 split of the training set, seeded by `seed`
     block_size: int | None = None  # text: tokens per sequence
     label_smoothing: float = 0.0

@@ -58,13 +58,15 @@ PAPER_PRESETS: dict[str, dict] = {
 
 # Tiny presets: seconds to a minute on two CPU cores. Synthetic data sets are learnable
 # (a teacher network's labels, a Markov chain's tokens), so the loss curves mean something.
+# Synthetic images at 16x16: four times cheaper than 32x32 and learned faster by the tiny nets.
+_TINY_IMAGES = dict(dataset="synthetic-images", dataset_options={"image_size": 16})
 _TINY = dict(tiny=True, steps=300, schedule="cosine", warmup_steps=30, eval_interval=50, eval_batches=8,
              dynamics_interval=5, checkpoint_interval=100, train_log_interval=10)
 
 TINY_PRESETS: dict[str, dict] = {
-    "tiny-resnet20-adamw": dict(_TINY, model="resnet20", dataset="synthetic-images", optimizer="adamw",
+    "tiny-resnet20-adamw": dict(_TINY, **_TINY_IMAGES, model="resnet20", optimizer="adamw",
                                 lr=1e-2, weight_decay=5e-2, batch_size=64),
-    "tiny-resnet20-sgdm": dict(_TINY, model="resnet20", dataset="synthetic-images", optimizer="sgdm",
+    "tiny-resnet20-sgdm": dict(_TINY, **_TINY_IMAGES, model="resnet20", optimizer="sgdm",
                                lr=0.1, weight_decay=5e-4, batch_size=64),
     "tiny-gpt2-adamw": dict(_TINY, model="gpt2", dataset="synthetic-text", optimizer="adamw", lr=3e-3,
                             weight_decay=0.1, beta2=0.95, batch_size=16, block_size=32),

@@ -138,7 +138,7 @@ class Trainer:
 
         self.data = load_dataset(
             config.dataset, data_dir=data_dir, seed=config.seed, val_split=config.val_split,
-            device=str(device), block_size=config.block_size,
+            device=str(device), block_size=config.block_size, **config.dataset_options,
         )
         micro_steps_per_epoch = self.data.steps_per_epoch(config.batch_size)
         self.lengths = Lengths.of(config, micro_steps_per_epoch // config.accumulation)
