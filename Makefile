@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench
+.PHONY: setup cluster demo test
 
 setup: $(VENV)/.installed
 
@@ -18,5 +18,10 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 demo: setup
 	$(VENV)/bin/rotsweep randomwalk --optimizer adamw --out runs/randomwalk
 
-test: setup
+# The SLURM tests launch real jobs: start the single-node test cluster first
+# (installs slurm-wlm, munge and MariaDB from Debian when missing; needs root).
+cluster:
+	bash slurm/cluster.sh start
+
+test: setup cluster
 	$(PY) -m pytest -q
