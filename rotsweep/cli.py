@@ -75,7 +75,9 @@ def predict(
 @reports_user_errors
 def randomwalk(
     optimizer: str = typer.Option("adamw", help="adamw, adam-l2, sgdm or lion"),
-    steps: int = typer.Option(4000, help="optimizer steps"),
+    steps: Optional[int] = typer.Option(
+        None, help="optimizer steps (default: enough to reach equilibrium: 15000, 40000 for adam-l2)"
+    ),
     rotational: bool = typer.Option(False, "--rotational", help="use the rotational variant (Algorithm 1)"),
     out: Optional[Path] = typer.Option(None, help="directory for dynamics.parquet"),
     seed: int = typer.Option(0),
@@ -280,6 +282,23 @@ def logs(
             typer.echo("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         else:
             typer.echo("(not written yet)")
+
+
+@app.command()
+@reports_user_errors
+def gather(
+    sweep: Path = typer.Argument(..., help="sweep directory"),
+    as_json: bool = typer.Option(False, "--json"),
+    full: bool = typer.Option(False, "--full", help="ignore the cache and read every run again"),
+) -> None:
+    """Read the sweep's run directories (only those that changed) into SWEEP/results/*.parquet."""
+    from rotsweep.analysis.gather import gather as gather_sweep
+
+    report = gather_sweep(sweep, full=full)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        typer.echo(report.format())
 
 
 def main() -> None:  # pragma: no cover - console entry point
