@@ -23,6 +23,7 @@ work through their runs one after the other.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -111,30 +112,60 @@ def max_array_size() -> int:
 
 
 def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
-    """{job_id: first word of sacct's State} for the given ids, in one sacct call."""
+    """{job_id: first word of its State} for the given ids: one sacct call, squeue for what it misses."""
     if not job_ids or shutil.which("sacct") is None:
         return {}
-    result = _run_command(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(sorted(set(job_ids)))])
+    wanted = sorted(set(job_ids))
+    result = _run_command(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(wanted)])
+    states = parse_job_states(result.stdout, separator="|")
+    missing = [job_id for job_id in wanted if job_id not in states]
+    if missing and shutil.which("squeue"):
+        # Accounting can lag behind a fresh submission; squeue -r lists each array task.
+        queued = _run_command(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(missing)])
+        states.update(parse_job_states(queued.stdout, separator="|"))
+    return {job_id: states[job_id] for job_id in wanted if job_id in states}
+
+
+def parse_job_states(text: str, separator: str) -> dict[str, str]:
+    """Parse "JobID|State" lines; sacct writes not-yet-started array tasks as ranges, e.g. 27_[2-9%2]."""
     states: dict[str, str] = {}
-    for line in result.stdout.splitlines():
-        job_id, _, state = line.partition("|")
-        if state:
-            states[job_id.strip()] = state.split()[0].strip()
+    for line in text.splitlines():
+        job_id, _, state = line.strip().partition(separator)
+        if not state:
+            continue
+        state = state.split()[0]
+        base, _, tasks = job_id.partition("_[")
+        if not tasks:
+            states[job_id] = state
+            continue
+        for part in tasks.rstrip("]").split("%")[0].split(","):
+            first, _, last = part.partition("-")
+            for task in range(int(first), int(last or first) + 1):
+                states[f"{base}_{task}"] = state
     return states
 
 
 def local_job_states(job_ids: list[str]) -> dict[str, str]:
     """Local jobs are processes: RUNNING while the PID lives, COMPLETED afterwards."""
-    states = {}
-    for job_id in job_ids:
+    return {job_id: "RUNNING" if process_alive(int(job_id)) else "COMPLETED" for job_id in job_ids}
+
+
+def process_alive(pid: int) -> bool:
+    """True for a live process; a zombie (ended, not yet reaped by its parent) is not alive."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # The state follows the parenthesised command name, which may itself contain spaces.
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): ask the kernel
         try:
-            os.kill(int(job_id), 0)
-            states[job_id] = "RUNNING"
-        except (ProcessLookupError, ValueError):
-            states[job_id] = "COMPLETED"
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
         except PermissionError:
-            states[job_id] = "RUNNING"
-    return states
+            pass
+        return True
 
 
 def job_states(jobs: dict[str, dict]) -> dict[str, str]:
@@ -162,8 +193,11 @@ class RunState:
     crashed: bool = False  # failed without the run recording why: resubmitted automatically
 
 
-def run_state(status: dict, job_state: str | None) -> RunState:
+def run_state(status: dict, job_state: str | None, has_config: bool = True) -> RunState:
     """Combine a run's status.json with its job's scheduler state."""
+    if not has_config:
+        # No config.json (never submitted, or its directory was deleted): no job can run it.
+        return RunState("pending", "not submitted")
     recorded = status["status"]
     if recorded in store.FINISHED_STATUSES:
         return RunState(recorded)
@@ -262,7 +296,8 @@ def make_plan(
     states = job_states(manifest.get("jobs", {}) if manifest else {})
     for config in unique:
         directory = store.run_dir(sweep, config.run_id)
-        state = run_state(store.read_status(directory), states.get(config.run_id))
+        state = run_state(store.read_status(directory), states.get(config.run_id),
+                          (directory / store.CONFIG_FILE).exists())
         plan.runs.append(PlannedRun(config, directory, state, should_submit(state, rerun_failed)))
     return plan
 
@@ -293,6 +328,8 @@ class RunJob(submitit.helpers.Checkpointable):
             torch.set_num_threads(threads)
         results, failures = {}, []
         for run_dir in self.run_dirs:
+            if not (Path(run_dir) / store.CONFIG_FILE).exists():
+                continue  # its directory was deleted after submission: a relaunch submits it anew
             config = RunConfig.load(Path(run_dir) / store.CONFIG_FILE)
             try:
                 results[config.run_id] = train.run(config, run_dir, data_dir=self.data_dir)
@@ -452,25 +489,23 @@ def require_data(plan: Plan, data_dir: str | None) -> None:
 
 # A100 throughput of each recipe, from the train durations of the paper's Tables 4 and 5:
 # ResNet-20/18 CIFAR: 200 epochs x 50k images in 35 min; ResNet-50 ImageNet: 90 x 1.28M in 30 h;
-# GPT2-124M: 15k steps x 165 x 512 tokens in 3 h (Wikitext), 5k x 491,520 tokens in 4 h (OWT).
-A100_SAMPLES_PER_SECOND = {"resnet20": 4762.0, "resnet18": 4762.0, "resnet18-ln": 4762.0, "vgg13": 4762.0,
-                           "resnet50": 1067.0}
-A100_TOKENS_PER_SECOND = {"gpt2": 117_000.0}
+# GPT2-124M: 15k steps x 165 x 512 tokens in 3 h (Wikitext), 5k x 491,520 tokens in 4 h (OpenWebText).
+A100_IMAGES_PER_SECOND = {"resnet20": 4762.0, "resnet18": 4762.0, "resnet18-ln": 4762.0, "vgg13": 4762.0,
+                          "resnet50": 1067.0}
+A100_TOKENS_PER_SECOND = {"wikitext": 117_000.0, "openwebtext": 170_000.0}
 TRAIN_SET_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
 
 
 def estimated_gpu_hours(config: RunConfig) -> float | None:
     """Rough A100 hours of one run from the paper's measured durations (None if unknown)."""
     samples_per_step = config.batch_size * config.accumulation
-    if config.model in A100_TOKENS_PER_SECOND:
-        if config.steps is None:
-            return None
+    if config.model == "gpt2" and config.dataset in A100_TOKENS_PER_SECOND and config.steps is not None:
         tokens = config.steps * samples_per_step * (config.block_size or 1024)
-        return tokens / A100_TOKENS_PER_SECOND[config.model] / 3600
-    if config.model in A100_SAMPLES_PER_SECOND and config.dataset in TRAIN_SET_SIZES:
+        return tokens / A100_TOKENS_PER_SECOND[config.dataset] / 3600
+    if config.model in A100_IMAGES_PER_SECOND and config.dataset in TRAIN_SET_SIZES:
         train_size = TRAIN_SET_SIZES[config.dataset] * (0.9 if config.val_split else 1.0)
         steps = config.steps if config.steps is not None else config.epochs * train_size // samples_per_step
-        return steps * samples_per_step / A100_SAMPLES_PER_SECOND[config.model] / 3600
+        return steps * samples_per_step / A100_IMAGES_PER_SECOND[config.model] / 3600
     return None
 
 
@@ -531,6 +566,24 @@ def dry_run_report(
     return report
 
 
+def describe_run(config: dict) -> str:
+    """One line naming what distinguishes a run in a sweep."""
+    name = ("RV-" if config["rotational"] else "") + config["optimizer"]
+    if config["warmup_steps"]:
+        warmup = f"{config['warmup_steps']} steps"
+    elif config["warmup_epochs"]:
+        warmup = f"{config['warmup_epochs']:g} epochs"
+    else:
+        warmup = "none"
+    extras = [label for flag, label in (("weight_standardization", "WS"), ("gain", "gain")) if config[flag]]
+    if config["imbalance_portion"]:
+        extras.append(f"{config['imbalance_mode']} p={config['imbalance_portion']:g} f={config['imbalance_factor']:g}")
+    if config["model_options"]:
+        extras.append(json.dumps(config["model_options"], sort_keys=True))
+    return (f"{config['model']:<11s} {name:<12s} lr {config['lr']:<9.3g} wd {config['weight_decay']:<9.3g} "
+            f"warmup {warmup:<10s} seed {config['seed']}  {' '.join(extras)}").rstrip()
+
+
 def format_dry_run(report: dict) -> str:
     lines = [
         f"{report['experiment']} / {report['model']} / {report['scale']} scale -> {report['sweep']}",
@@ -540,11 +593,7 @@ def format_dry_run(report: dict) -> str:
     for run in report["runs"]:
         config = run["config"]
         mark = "submit" if run["submit"] else "skip  "
-        lines.append(
-            f"  {mark} {run['run_id']}  {run['state']:9s} {config['optimizer']}{'+rv' if config['rotational'] else ''}"
-            f"  lr {config['lr']:<10.4g} wd {config['weight_decay']:<10.4g} warmup {config['warmup_steps'] or config['warmup_epochs']}"
-            f"  seed {config['seed']}"
-        )
+        lines.append(f"  {mark} {run['run_id']}  {run['state']:9s} {describe_run(config)}")
     lines.append(f"{report['executor']} jobs: {report['jobs']}; resources per job: {report['profile']}")
     if report.get("gpu_hours") is not None:
         lines.append(f"estimated A100 GPU-hours (from the paper's Table 4/5 durations): {report['gpu_hours']}")
@@ -590,7 +639,7 @@ def sweep_status(sweep: Path) -> dict:
     for run_id in manifest["runs"]:
         directory = store.run_dir(sweep, run_id)
         status = store.read_status(directory)
-        state = run_state(status, states.get(run_id))
+        state = run_state(status, states.get(run_id), (directory / store.CONFIG_FILE).exists())
         job = manifest.get("jobs", {}).get(run_id, {})
         metric = last_metric(directory)
         runs.append({
@@ -624,13 +673,12 @@ def cancel(sweep: Path) -> list[str]:
         if result.returncode != 0:
             raise UserError(f"scancel failed: {result.stderr.strip()}")
     for pid in local_ids:
+        # As submitit's LocalJob.cancel: SIGINT makes the local controller kill its worker
+        # (which, like every submitit job, ignores SIGTERM) and exit.
         try:
-            os.killpg(int(pid), signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            try:
-                os.kill(int(pid), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            os.kill(int(pid), signal.SIGINT)
+        except ProcessLookupError:
+            pass
     for run_id in active:
         jobs[run_id]["cancelled"] = True
     store.write_manifest(sweep, manifest)
