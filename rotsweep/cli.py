@@ -79,13 +79,17 @@ def randomwalk(
         None, help="optimizer steps (default: enough to reach equilibrium: 15000, 40000 for adam-l2)"
     ),
     rotational: bool = typer.Option(False, "--rotational", help="use the rotational variant (Algorithm 1)"),
-    out: Optional[Path] = typer.Option(None, help="directory for dynamics.parquet"),
+    out: Optional[Path] = typer.Option(
+        None, help="output directory (default: sweeps/randomwalk/OPTIMIZER[-rv], where `plot randomwalk` looks)"
+    ),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """The Appendix F random walk: measured equilibrium against Table 1 (Figure 9)."""
     from rotsweep import randomwalk as rw
 
+    if out is None:
+        out = Path("sweeps") / "randomwalk" / (optimizer + ("-rv" if rotational else ""))
     result = rw.run(optimizer, steps=steps, rotational=rotational, out=out, seed=seed)
     if as_json:
         print_json(result)
@@ -299,6 +303,106 @@ def gather(
         print_json(report.to_dict())
     else:
         typer.echo(report.format())
+
+
+plot_app = typer.Typer(help="Draw the paper's figures into SWEEP/figures/ (PNG and PDF).", no_args_is_help=True)
+app.add_typer(plot_app, name="plot")
+METRIC_HELP = "val_top1, val_loss, val_perplexity or train_loss (default: accuracy, else validation loss)"
+SWEEP_HELP = "sweep directory (default: the newest sweep in sweeps/ with the data)"
+
+
+def _sweep_for(figure: str, sweep: Optional[Path]) -> Path:
+    from rotsweep.analysis import figures
+
+    return sweep if sweep is not None else figures.find_sweep(figure)
+
+
+def _echo_paths(paths) -> None:
+    typer.echo("\n".join(str(path) for path in paths))
+
+
+@plot_app.command("heatmap")
+@reports_user_errors
+def plot_heatmap(
+    sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
+    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
+) -> None:
+    """Figure 6 left: metric over the lr x weight-decay grid with η̂_r contours."""
+    from rotsweep.analysis import figures
+
+    _echo_paths(figures.plot_heatmap(_sweep_for("heatmap", sweep), metric))
+
+
+@plot_app.command("lr-sweep")
+@reports_user_errors
+def plot_lr_sweep(
+    sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
+    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
+) -> None:
+    """Figures 4L, 5M/R, 7L, 14: metric against learning rate per variant."""
+    from rotsweep.analysis import figures
+
+    _echo_paths(figures.plot_lr_sweep(_sweep_for("lr-sweep", sweep), metric))
+
+
+@plot_app.command("curves")
+@reports_user_errors
+def plot_curves(
+    sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
+    run: list[str] = typer.Option([], "--run", help="run ids (repeatable; default: the best run per variant)"),
+    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
+) -> None:
+    """Figure 5 left: loss curves."""
+    from rotsweep.analysis import figures
+
+    _echo_paths(figures.plot_curves(_sweep_for("curves", sweep), run or None, metric))
+
+
+@plot_app.command("dynamics")
+@reports_user_errors
+def plot_dynamics(
+    sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
+    run: list[str] = typer.Option([], "--run", help="run ids (repeatable; default: the best run per variant)"),
+    layer: list[str] = typer.Option([], "--layer", help="weight names (repeatable; default: all)"),
+    neurons: bool = typer.Option(False, "--neurons", help="per-neuron rotation of one layer (Figure 7R)"),
+    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
+) -> None:
+    """Figures 3, 4M/R, 6R, 7R, 13: norms and rotation over training, predictions dashed."""
+    from rotsweep.analysis import figures
+
+    _echo_paths(figures.plot_dynamics(_sweep_for("dynamics", sweep), run or None, layer or None, neurons, metric))
+
+
+@plot_app.command("imbalance")
+@reports_user_errors
+def plot_imbalance(
+    sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
+    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
+) -> None:
+    """Figure 16: metric against the imbalanced portion p, factor f and width."""
+    from rotsweep.analysis import figures
+
+    _echo_paths(figures.plot_imbalance(_sweep_for("imbalance", sweep), metric))
+
+
+@plot_app.command("randomwalk")
+@reports_user_errors
+def plot_randomwalk(
+    directory: Optional[Path] = typer.Argument(None, help="directory of random-walk outputs (default: sweeps/randomwalk)"),
+) -> None:
+    """Figure 9: the random walk of Appendix F against Table 1."""
+    from rotsweep.analysis import figures
+
+    _echo_paths(figures.plot_randomwalk(_sweep_for("randomwalk", directory)))
+
+
+@plot_app.command("all")
+@reports_user_errors
+def plot_all(sweep: Path = typer.Argument(..., help="sweep directory")) -> None:
+    """Every figure the sweep's data supports."""
+    from rotsweep.analysis import figures
+
+    typer.echo(figures.plot_all(sweep).format())
 
 
 def main() -> None:  # pragma: no cover - console entry point
