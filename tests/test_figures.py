@@ -285,7 +285,7 @@ def test_dynamics_draws_the_transient_when_the_results_have_fan_ins(sweeps, tmp_
     assert len(norm_ax.get_lines()) == 3 * len(names)
     first = names[0]
     norm0 = dynamics.query("param == @first and stat == 'norm' and reduction == 'rms' and step == 0")["value"].item()
-    lrs = figures.Schedule.of(run, gather.read_results(sweep, "curves")).lrs(range(config.steps))
+    lrs = figures.Schedule.of(run).lrs(range(config.steps))
     expected = theory.transient("adamw", lrs, config.weight_decay, dim=fan_ins[first], norm0=norm0,
                                 beta1=config.beta1, beta2=config.beta2)
     transient = norm_ax.get_lines()[len(names) + 1]  # after the measured lines: weight 0's dotted, then dashed

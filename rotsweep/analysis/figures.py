@@ -722,20 +722,11 @@ class Schedule:
     warmup_steps: int
 
     @classmethod
-    def of(cls, run: pd.Series, curves: pd.DataFrame) -> "Schedule | None":
-        """None when the schedule cannot be rebuilt (no total length, or a warmup in epochs without any epoch)."""
-        config = run_config(run)
-        if pd.isna(run["total_steps"]):
+    def of(cls, run: pd.Series) -> "Schedule | None":
+        """None when gather could not resolve the run's length or warmup."""
+        if pd.isna(run["total_steps"]) or pd.isna(run["warmup_total_steps"]):
             return None
-        warmup = config.warmup_steps
-        if not warmup and config.warmup_epochs:
-            # train.Lengths: warmup_epochs × optimizer steps per epoch, read off the curves' epoch column.
-            rows = curves[(curves["run_id"] == run["run_id"]) & (curves["epoch"] > 0)]
-            if rows.empty:
-                return None
-            steps_per_epoch = round(rows["step"].iloc[0] / rows["epoch"].iloc[0])
-            warmup = round(config.warmup_epochs * steps_per_epoch)
-        return cls(config, int(run["total_steps"]), warmup)
+        return cls(run_config(run), int(run["total_steps"]), int(run["warmup_total_steps"]))
 
     def lrs(self, steps) -> np.ndarray:
         return np.array([learning_rate(self.config, int(step), self.total_steps, self.warmup_steps) for step in steps])
@@ -822,7 +813,7 @@ def draw_dynamics(chosen: pd.DataFrame, weights: list[str], dynamics: pd.DataFra
                 ax.plot(*rms_downsample(series["step"].to_numpy(), series["value"].to_numpy()),
                         color=colors[weight], linewidth=1.1)
         steps = np.sort(data["step"].unique())
-        schedule = Schedule.of(run, curves)
+        schedule = Schedule.of(run)
         note = _prediction_note(schedule)
         if note is None:
             angle_ax.plot(steps, schedule.rotation(steps), color="black", **PREDICTION)
@@ -903,7 +894,7 @@ def draw_neuron_dynamics(chosen: pd.DataFrame, weight: str, dynamics: pd.DataFra
                                 color="0.6", alpha=0.35, linewidth=0)
             ax.plot(steps, center, color="black", linewidth=1.8)
             ax.grid(alpha=0.3)
-        schedule = Schedule.of(run, curves)
+        schedule = Schedule.of(run)
         note = _prediction_note(schedule)
         angle_ax = axes[1][column]
         if note is None:

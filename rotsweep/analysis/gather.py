@@ -36,8 +36,9 @@ depend on C.
 Measured rotation. A run's equilibrium window is its recorded steps in
 [WINDOW[0], WINDOW[1]] x total_steps = [25%, 75%]: past the initial transient
 (§5.2, eq. 16) and before the end of a decaying schedule, where the rotation lags
-the learning rate. total_steps is status.json's, else config.steps, else epochs x
-the steps per epoch that the curves' epoch column implies (as are warmup_epochs).
+the learning rate. total_steps and the resolved warmup (runs.parquet's
+warmup_total_steps) are status.json's, else config.steps / config.warmup_steps,
+else epochs x the steps per epoch that the curves' epoch column implies.
 For every weight tensor with angular_update rows in the window, layers.parquet has
     eta_r            mean over the window of the mean-over-neurons angular update
                      (stat angular_update, reduction mean), in radians per step
@@ -106,7 +107,7 @@ from rotsweep.config import RunConfig
 from rotsweep.errors import UserError
 from rotsweep.schedule import learning_rate
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_VERSION_KEY = b"rotsweep.schema_version"
 RESULTS_DIR = "results"
 CACHE_FILE = ".gather-cache.json"
@@ -166,7 +167,8 @@ SUMMARY_COLUMNS = [
 RUNS_SCHEMA = pa.schema(
     [("run_id", STRING), ("sweep", STRING), ("experiment", STRING), ("in_manifest", pa.bool_()), ("status", STRING)]
     + [(name, ARROW_TYPES[base]) for name, base in CONFIG_TYPES.items()]
-    + [("eta_lambda", FLOAT), ("steps_done", INT), ("total_steps", INT), ("wall_s", FLOAT), ("error", STRING)]
+    + [("eta_lambda", FLOAT), ("steps_done", INT), ("total_steps", INT), ("warmup_total_steps", INT),
+       ("wall_s", FLOAT), ("error", STRING)]
     + [(name, FLOAT) for name in SUMMARY_COLUMNS]
     + [(name, FLOAT) for name in ("eta_r_hat", "eta_g_hat", "norm_hat")]
     + [(name, FLOAT) for name in ("eta_r_measured", "imbalance_layers", "imbalance_neurons")]
@@ -441,7 +443,9 @@ def _schedule_lengths(run: RunFiles, steps_per_epoch: float) -> tuple[int | None
             total = config.steps
         elif known:
             total = max(1, round(config.epochs * steps_per_epoch))
-    if config is None:
+    if status.get("warmup_steps") is not None:  # train.py records the warmup it resolved
+        warmup = status["warmup_steps"]
+    elif config is None:
         warmup = None
     elif config.warmup_steps or not config.warmup_epochs:
         warmup = config.warmup_steps
@@ -508,13 +512,15 @@ def _summarize_layers(layers: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def _run_row(run: RunFiles, sweep_name: str, experiment: str | None, in_manifest: bool, total_steps) -> dict:
+def _run_row(run: RunFiles, sweep_name: str, experiment: str | None, in_manifest: bool, total_steps,
+             warmup_steps) -> dict:
     """The runs.parquet columns that come from config.json and status.json."""
     status = run.status or {}
     row = {
         "run_id": run.run_id, "sweep": sweep_name, "experiment": experiment, "in_manifest": in_manifest,
         "status": status.get("status"), "steps_done": status.get("step", 0 if run.status else None),
-        "total_steps": total_steps, "wall_s": status.get("wall_s"), "error": status.get("error"),
+        "total_steps": total_steps, "warmup_total_steps": warmup_steps, "wall_s": status.get("wall_s"),
+        "error": status.get("error"),
     }
     if run.config is not None:
         config = run.config
@@ -540,7 +546,7 @@ def tables_of(runs: list[RunFiles], sweep_name: str, experiment: str | None, lis
     rows, windows, predicted = [], {}, {}
     for run in runs:
         total, warmup = _schedule_lengths(run, steps_per_epoch.get(run.run_id, math.nan))
-        rows.append(_run_row(run, sweep_name, experiment, run.run_id in listed, total))
+        rows.append(_run_row(run, sweep_name, experiment, run.run_id in listed, total, warmup))
         if total is not None:
             windows[run.run_id] = (math.ceil(WINDOW[0] * total), math.floor(WINDOW[1] * total))
             predicted[run.run_id] = _step_predictor(run.config, total, warmup)
