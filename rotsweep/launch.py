@@ -587,7 +587,7 @@ def describe_run(config: dict) -> str:
 def format_dry_run(report: dict) -> str:
     lines = [
         f"{report['experiment']} / {report['model']} / {report['scale']} scale -> {report['sweep']}",
-        f"grid: " + "; ".join(f"{axis} = {values}" for axis, values in report["axes"].items()),
+        "grid: " + "; ".join(f"{axis} = {values}" for axis, values in report["axes"].items()),
         f"runs: {len(report['runs'])} ({report['to_submit']} to submit, {report['already_done']} already finished)",
     ]
     for run in report["runs"]:

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.contour import ContourSet
@@ -246,9 +243,11 @@ def test_dynamics_per_layer_with_the_predicted_rotation(sweeps):
     dynamics = figures.read_dynamics(sweep, chosen["run_id"].tolist(), names)
     fig = figures.draw_dynamics(chosen, names, dynamics, layers, gather.read_results(sweep, "curves"))
     norm_adamw, norm_l2, angle_adamw, angle_l2 = fig.axes[:4]
-    # One measured line per weight; AdamW's rotation panel adds Table 1's η̂_r at the scheduled lr.
-    assert len(norm_adamw.get_lines()) == len(norm_l2.get_lines()) == len(angle_l2.get_lines()) == len(weights)
-    prediction = angle_adamw.get_lines()[-1]
+    # One measured line per weight; AdamW's rotation panel adds Table 1's η̂_r at the scheduled lr, its
+    # norm panel the equilibrium and transient norms per weight (Adam+ℓ2's need gradient statistics).
+    assert len(norm_l2.get_lines()) == len(angle_l2.get_lines()) == len(weights)
+    assert len(norm_adamw.get_lines()) == 3 * len(weights)
+    prediction = angle_adamw.get_lines()[len(weights)]  # after the measured lines, before the transients
     config = figures.run_config(adamw)
     steps = prediction.get_xdata()
     lrs = [learning_rate(config, int(step), config.steps, config.warmup_steps) for step in steps]
@@ -264,18 +263,15 @@ def test_dynamics_per_layer_with_the_predicted_rotation(sweeps):
         figures.plot_dynamics(sweep, layers=["no.such.weight"])
 
 
-def test_dynamics_draws_the_transient_when_the_results_have_fan_ins(sweeps, tmp_path):
-    # The same results plus each weight's fan-in, from the model itself: the column the figure reads.
-    sweep = tmp_path / "with-fan-in"
-    shutil.copytree(sweeps["heatmap"] / gather.RESULTS_DIR, sweep / gather.RESULTS_DIR)
+def test_dynamics_draws_the_transient_from_the_gathered_fan_ins(sweeps):
+    sweep = sweeps["heatmap"]
     run = finished_run(sweep, "adamw")
     config = figures.run_config(run)
+    # The fan-ins gather carried over from the recorder are those of the model itself.
     model = build_model(config.model, tiny=True, **config.model_options)
     fan_ins = {name: param[0].numel() for name, param in model.named_parameters() if param.dim() >= 2}
-    path = gather.output_paths(sweep)["layers"]
-    table = pq.read_table(path)
-    fan_in = pa.array([fan_ins[name] for name in table["param"].to_pylist()], pa.int64())
-    pq.write_table(table.append_column("fan_in", fan_in).replace_schema_metadata(table.schema.metadata), path)
+    gathered = gather.read_results(sweep, "layers").query("run_id == @run.run_id")
+    assert dict(zip(gathered["param"], gathered["fan_in"])) == {p: fan_ins[p] for p in gathered["param"]}
 
     layers, chosen, names = figures.dynamics_selection(sweep, [run["run_id"]])
     dynamics = figures.read_dynamics(sweep, [run["run_id"]], names)

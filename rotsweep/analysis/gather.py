@@ -49,6 +49,8 @@ For every weight tensor with angular_update rows in the window, layers.parquet h
     norm             mean over the window of the mean-over-neurons norm
     imbalance_neurons  std over the sampled neurons (reduction sample) of log of each
                      neuron's mean angular update in the window
+    fan_in           C, the size of one neuron's weight vector (the recorder's fan_in
+                     rows), for Table 1's norm predictions
 and runs.parquet summarises a run's layers as
     eta_r_measured     mean over layers of eta_r
     imbalance_layers   std over layers of log(eta_r): 0 when every layer rotates alike
@@ -104,10 +106,11 @@ import pyarrow.parquet as pq
 from rotsweep import config as config_module
 from rotsweep import schedule, store, theory
 from rotsweep.config import RunConfig
+from rotsweep.dynamics import FAN_IN
 from rotsweep.errors import UserError
 from rotsweep.schedule import learning_rate
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_VERSION_KEY = b"rotsweep.schema_version"
 RESULTS_DIR = "results"
 CACHE_FILE = ".gather-cache.json"
@@ -143,7 +146,7 @@ DYNAMICS_SCHEMA = pa.schema([
 LAYERS_SCHEMA = pa.schema([
     ("run_id", STRING), ("param", STRING), ("window_start", INT), ("window_end", INT), ("window_steps", INT),
     ("eta_r", FLOAT), ("eta_r_predicted", FLOAT), ("eta_r_ratio", FLOAT), ("norm", FLOAT),
-    ("imbalance_neurons", FLOAT),
+    ("imbalance_neurons", FLOAT), ("fan_in", INT),
 ])
 
 
@@ -469,9 +472,10 @@ def _measure_layers(dynamics: pa.Table, row_run: np.ndarray, run_ids: list[str],
     step = dynamics["step"].to_numpy()
     in_window = pa.array((step >= first[row_run]) & (step <= last[row_run]))
     stat, reduction = dynamics["stat"], dynamics["reduction"]
-    wanted = dynamics.filter(pc.and_(in_window, pc.or_(
+    wanted = dynamics.filter(pc.and_(in_window, pc.or_(pc.or_(
         pc.and_(pc.equal(stat, "angular_update"), pc.is_in(reduction, pa.array(["mean", "sample"]))),
-        pc.and_(pc.equal(stat, "norm"), pc.equal(reduction, "mean")),
+        pc.and_(pc.equal(stat, "norm"), pc.equal(reduction, "mean"))),
+        pc.equal(stat, FAN_IN),
     )))
     keys = ["run_id", "param"]
 
@@ -491,6 +495,8 @@ def _measure_layers(dynamics: pa.Table, row_run: np.ndarray, run_ids: list[str],
     layers["window_end"] = [end for _, end in bounds]
     layers["eta_r_ratio"] = (layers["eta_r"] / layers["eta_r_predicted"]).where(layers["eta_r_predicted"] > 0)
     layers["norm"] = means[means["stat"] == "norm"].groupby(keys)["value"].mean()
+    fan_ins = wanted.filter(pc.equal(wanted["stat"], FAN_IN)).to_pandas()
+    layers["fan_in"] = fan_ins.groupby(keys)["value"].first().astype("Int64")
 
     samples = wanted.filter(pc.equal(wanted["reduction"], "sample"))
     per_neuron = samples.group_by(keys + ["neuron"]).aggregate([("value", "mean")])

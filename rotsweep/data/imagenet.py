@@ -75,7 +75,7 @@ def load_imagenet(
     train = _list_images(folder, "train", classes)
     evals = {"test": _list_images(folder, "val", classes)}
     if not len(train[0]) or not len(evals["test"][0]):
-        raise UserError(f"ImageNet has no images: expected {expected}")
+        raise UserError(f"ImageNet has no images: expected {folder}/train/<wnid>/*.JPEG and {folder}/val/<wnid>/*.JPEG")
     if val_split:
         train, evals["val"] = split_90_10(*train, seed=seed)
     else:
