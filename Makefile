@@ -15,8 +15,10 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(VENV)/bin/pip install --quiet -c constraints-cpu.txt -e '.[test,text]'
 	touch $@
 
+# Every experiment of the paper at tiny scale on this machine, gathered and plotted,
+# with demo/report.md saying what each figure shows.
 demo: setup
-	$(VENV)/bin/rotsweep randomwalk --optimizer adamw --out runs/randomwalk
+	$(VENV)/bin/rotsweep demo --out demo
 
 # The SLURM tests launch real jobs: start the single-node test cluster first
 # (installs slurm-wlm, munge and MariaDB from Debian when missing; needs root).
