@@ -183,7 +183,8 @@ def experiments(as_json: bool = typer.Option(False, "--json")) -> None:
         print_json(described)
         return
     for entry in described:
-        typer.echo(f"{entry['name']}  (Figure {entry['figures']}): {entry['description']}")
+        figures = entry["figures"] if entry["figures"][0].isalpha() else f"Figure {entry['figures']}"
+        typer.echo(f"{entry['name']}  ({figures}): {entry['description']}")
         for model, scales in entry["per_model"].items():
             counts = ", ".join(f"{scale} {info['runs']} runs" for scale, info in scales.items())
             axes = ", ".join(scales["paper"]["axes"]) if "paper" in scales else ""

@@ -179,7 +179,7 @@ def test_local_sweep_runs_relaunches_nothing_and_resubmits_a_deleted_run(tmp_pat
 def test_another_sweep_in_the_same_directory_is_refused_and_nothing_changes(tmp_path):
     sweep = tmp_path / "sweep"
     launch_json("eta-lambda", "--model", "resnet20", "--scale", "tiny", "--executor", "local", "--out", sweep,
-                "--max-parallel", "1", *FAST)
+                "--max-parallel", "2", *FAST)
     wait_until_stopped(sweep)
     before = snapshot(sweep)
     result = cli("launch", "warmup", "--model", "gpt2", "--scale", "tiny", "--executor", "local", "--out", sweep)
@@ -259,14 +259,14 @@ def test_slurm_requeue_resumes_from_the_checkpoint(tmp_path):
     sweep = tmp_path / "sweep"
     summary = launch_json(
         "dynamics", "--model", "gpt2", "--scale", "tiny", "--executor", "slurm", "--profile", "local", "--out", sweep,
-        "--set", "steps=400", "--set", "checkpoint_interval=40", "--set", "eval_interval=100",
+        "--set", "steps=3000", "--set", "checkpoint_interval=100", "--set", "eval_interval=1000",
         "--set", "weight_standardization=false", "--set", "gain=false",
     )
     assert summary["submitted_runs"] >= 1
     run_id = store.read_manifest(sweep)["launches"][0]["submitted"][0]
     run_dir = store.run_dir(sweep, run_id)
     job_id = store.read_manifest(sweep)["jobs"][run_id]["job_id"]
-    wait_for(lambda: store.read_status(run_dir).get("step", 0) >= 80, timeout=300, what="two checkpoints")
+    wait_for(lambda: store.read_status(run_dir).get("step", 0) >= 200, timeout=300, what="two checkpoints")
     requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     assert requeue.returncode == 0, requeue.stderr
     report = wait_until_stopped(sweep, timeout=600)
