@@ -406,6 +406,23 @@ def plot_all(sweep: Path = typer.Argument(..., help="sweep directory")) -> None:
     typer.echo(figures.plot_all(sweep).format())
 
 
+@app.command()
+@reports_user_errors
+def demo(
+    out: Path = typer.Option(Path("demo"), help="output directory: report.md, findings.json, sweeps/, randomwalk/"),
+    executor: str = typer.Option("local", help="local (this machine) or slurm (profile slurm/local.toml)"),
+    max_parallel: int = typer.Option(2, help="runs at once"),
+    quick: bool = typer.Option(False, "--quick", help="the reduced demo of the tests (short runs, ~1.5 min)"),
+) -> None:
+    """The paper in miniature: every tiny sweep, the figures and the measured findings in OUT/report.md."""
+    from rotsweep.demo import run_demo
+
+    try:
+        run_demo(out, executor=executor, quick=quick, max_parallel=max_parallel)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -361,8 +361,8 @@ def make_executor(executor: str, sweep: Path, profile: dict, max_parallel: int |
             parameters["slurm_array_parallelism"] = max_parallel
         chosen = submitit.AutoExecutor(folder=folder, cluster="slurm")
     else:
-        # Generous limit: a local job is never timed out by submitit.
-        parameters = {"timeout_min": profile.get("timeout_min", 7 * 24 * 60)}
+        # A local job packs many runs and has no scheduler limit: submitit must never time it out.
+        parameters = {"timeout_min": 7 * 24 * 60}
         chosen = submitit.AutoExecutor(folder=folder, cluster="local")
     try:
         chosen.update_parameters(name=name, **parameters)
