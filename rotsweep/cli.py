@@ -198,7 +198,9 @@ def launch(
     model: str = typer.Option(..., help="a model the experiment accepts"),
     scale: str = typer.Option("paper", help="paper (A100 recipes) or tiny (CPU minutes)"),
     executor: str = typer.Option("slurm", help="slurm or local"),
-    profile: Optional[str] = typer.Option(None, help="cluster profile in slurm/ (default: a100, or local)"),
+    profile: Optional[str] = typer.Option(
+        None, help="cluster profile: NAME of slurm/NAME.toml or a .toml path (default: a100 at paper scale, local at tiny)"
+    ),
     out: Optional[Path] = typer.Option(None, help="sweep directory (default: sweeps/EXPERIMENT-MODEL-SCALE)"),
     seeds: Optional[list[int]] = typer.Option(None, "--seeds", help="seeds (repeatable; default: the paper's)"),
     set_: list[str] = typer.Option([], "--set", help="override a RunConfig field in every run: key=value"),

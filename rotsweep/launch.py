@@ -23,6 +23,8 @@ work through their runs one after the other.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -57,6 +59,11 @@ ACTIVE_JOB_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETIN
 
 
 # --- Profiles ------------------------------------------------------------------------------
+
+
+def default_profile(scale: str) -> str:
+    """Paper-scale runs go to A100 nodes; tiny runs are CPU runs, like the local test cluster's."""
+    return "a100" if scale == "paper" else "local"
 
 
 def load_profile(name: str) -> dict:
@@ -394,7 +401,7 @@ def submit(
         raise UserError("--runs-per-job must be at least 1")
     if max_parallel is not None and max_parallel < 1:
         raise UserError("--max-parallel must be at least 1")
-    profile = load_profile(profile_name or ("local" if executor == "local" else "a100"))
+    profile = load_profile(profile_name or default_profile(plan.scale))
     if executor == "slurm":
         check_slurm_reachable()
     if plan.scale == "paper":
@@ -424,8 +431,16 @@ def submit(
     job_ids: list[str] = []
     for start in range(0, len(groups), array_limit):
         chunk_groups = groups[start : start + array_limit]
-        with chosen.batch():
-            submitted = [chosen.submit(job) for job in jobs_to_make[start : start + array_limit]]
+        try:
+            # submitit echoes sbatch's complaint to stderr before raising it: keep it for the one-line error.
+            with contextlib.redirect_stderr(io.StringIO()), chosen.batch():
+                submitted = [chosen.submit(job) for job in jobs_to_make[start : start + array_limit]]
+        except submitit.core.utils.FailedJobError as error:
+            refusal = str(error).strip().splitlines()[-1] if str(error).strip() else "no reason given"
+            raise UserError(
+                f"the scheduler refused the job array ({refusal}); check the profile "
+                f"({profile_name or default_profile(plan.scale)}) against `sinfo`, then launch again"
+            ) from None
         for group, job in zip(chunk_groups, submitted):
             job_ids.append(job.job_id)
             for run in group:
@@ -537,7 +552,7 @@ def dry_run_report(
     plan: Plan, *, executor: str, profile_name: str | None, max_parallel: int | None, runs_per_job: int
 ) -> dict:
     """Everything `launch` would do, as data: runs, grid, resources, sbatch header, GPU hours."""
-    profile = load_profile(profile_name or ("local" if executor == "local" else "a100"))
+    profile = load_profile(profile_name or default_profile(plan.scale))
     jobs = math.ceil(len(plan.to_submit) / runs_per_job)
     hours = [estimated_gpu_hours(run.config) for run in plan.to_submit]
     known = [h for h in hours if h is not None]

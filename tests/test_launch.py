@@ -324,3 +324,18 @@ def test_sacct_array_ranges_are_expanded():
         "27_2": "PENDING", "27_3": "PENDING", "27_4": "PENDING", "27_7": "PENDING",
         "27_0": "COMPLETED", "27_1": "CANCELLED", "30": "RUNNING",
     }
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_a_refused_job_array_is_one_line(tmp_path):
+    # The local test node has no GPUs: sbatch refuses a profile that asks for one.
+    profile = tmp_path / "gpu.toml"
+    profile.write_text('slurm_partition = "debug"\ngpus_per_node = 1\ntimeout_min = 5\n')
+    result = cli("launch", "eta-lambda", "--model", "resnet20", "--scale", "tiny", "--executor", "slurm",
+                 "--profile", profile, "--out", tmp_path / "sweep")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: the scheduler refused the job array")
+    assert result.output.strip().count("\n") == 0
+    # Nothing was submitted, so every run is still waiting to be submitted.
+    assert launch.sweep_status(tmp_path / "sweep")["counts"] == {"pending": RUNS}
