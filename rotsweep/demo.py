@@ -36,7 +36,6 @@ identity (its manifest), so the quick sweeps live in their own directories
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -118,10 +117,6 @@ def run_progress(report: dict) -> tuple[int, float]:
     return stopped, steps
 
 
-def all_stopped(report: dict) -> bool:
-    return all(run["state"] in launch.STOPPED_STATES for run in report["runs"])
-
-
 def submit_sweep(sweep: Path, experiment: str, model: str, overrides: list[str], executor: str,
                  max_parallel: int) -> int:
     """`rotsweep launch EXPERIMENT --model MODEL --scale tiny --out SWEEP`: the number of runs submitted."""
@@ -156,7 +151,7 @@ def launch_and_wait(sweeps: list[tuple[Path, str, str]], overrides: list[str], e
                 progress.update({sweep: run_progress(report) for sweep, report in reports.items()})
                 bar.update(task, completed=sum(steps for _, steps in progress.values()), description=names,
                            runs=f"{sum(stopped for stopped, _ in progress.values())}/{sum(run_counts.values())} runs")
-                if all(all_stopped(report) for report in reports.values()):
+                if all(launch.all_stopped(report) for report in reports.values()):
                     break
                 time.sleep(POLL_SECONDS)
     return submitted

@@ -422,7 +422,7 @@ def submit(
 
     manifest = update_manifest(plan, executor, profile_name)
     for run in runs:
-        prepare_run_dir(run)
+        ready_for_submission(run)
     if not groups:
         return Submission(0, 0, [])
 
@@ -451,11 +451,9 @@ def submit(
     return Submission(len(groups), len(runs), job_ids)
 
 
-def prepare_run_dir(run: PlannedRun) -> None:
+def ready_for_submission(run: PlannedRun) -> None:
     """Write config.json, and drop a stale failure status so the run reads as queued."""
-    from rotsweep.train import prepare_run_dir as prepare
-
-    prepare(run.config, run.run_dir)
+    store.prepare_run_dir(run.config, run.run_dir)
     if run.state.state in ("failed", "cancelled"):
         store.write_status(run.run_dir, "pending", resubmitted_after=run.state.state)
 
@@ -728,6 +726,11 @@ def format_status(report: dict) -> str:
 STOPPED_STATES = ("done", "diverged", "failed", "cancelled", "pending", "preempted")
 
 
+def all_stopped(report: dict) -> bool:
+    """True when no run of a sweep_status report is running or queued."""
+    return all(run["state"] in STOPPED_STATES for run in report["runs"])
+
+
 def watch_status(sweep: Path, interval: float) -> dict:
     """Redraw the status with a progress bar until no run is running or queued."""
     from rich.console import Group
@@ -743,6 +746,6 @@ def watch_status(sweep: Path, interval: float) -> dict:
             finished = sum(report["counts"].get(state, 0) for state in store.FINISHED_STATUSES)
             progress.update(task, total=len(report["runs"]), completed=finished)
             live.update(Group(progress, Text(format_status(report))))
-            if all(run["state"] in STOPPED_STATES for run in report["runs"]):
+            if all_stopped(report):
                 return report
             time.sleep(interval)

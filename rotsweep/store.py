@@ -18,6 +18,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rotsweep.config import RunConfig
+from rotsweep.errors import UserError
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -96,6 +99,21 @@ def run_dir(sweep: str | os.PathLike, run_id: str) -> Path:
 
 def jobs_dir(sweep: str | os.PathLike) -> Path:
     return Path(sweep) / "jobs"
+
+
+def prepare_run_dir(config: RunConfig, run_dir: str | os.PathLike) -> None:
+    """Create run_dir with config.json, refusing a directory that belongs to another config."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / CONFIG_FILE
+    if config_path.exists():
+        existing = RunConfig.load(config_path)
+        if existing != config:
+            raise UserError(
+                f"{run_dir} holds run {existing.run_id}, not {config.run_id}; choose another --out directory"
+            )
+    else:
+        write_text(config_path, config.canonical_json() + "\n")
 
 
 def write_status(run_dir: str | os.PathLike, status: str, **fields: Any) -> None:

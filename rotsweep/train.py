@@ -32,13 +32,13 @@ from rotsweep import store
 from rotsweep.config import RunConfig
 from rotsweep.data import load_dataset
 from rotsweep.dynamics import DynamicsRecorder
-from rotsweep.errors import UserError
 from rotsweep.models import build_model, param_groups
 from rotsweep.optim import build_optimizer
 from rotsweep.schedule import learning_rate
 
 from rotsweep.store import (
-    CHECKPOINT_FILE, CONFIG_FILE, DYNAMICS_DIR, FINISHED_STATUSES, LOG_FILE, METRICS_FILE, read_status, write_status,
+    CHECKPOINT_FILE, DYNAMICS_DIR, FINISHED_STATUSES, LOG_FILE, METRICS_FILE, prepare_run_dir, read_status,
+    write_status,
 )
 
 
@@ -79,20 +79,6 @@ class RunLog:
             handle.write(line + "\n")
         if self.echo:
             print(line, flush=True)
-
-
-def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
-    """Create run_dir with config.json, refusing a directory that belongs to another config."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / CONFIG_FILE
-    if config_path.exists():
-        existing = RunConfig.load(config_path)
-        if existing != config:
-            raise UserError(
-                f"{run_dir} holds run {existing.run_id}, not {config.run_id}; choose another --out directory"
-            )
-    else:
-        store.write_text(config_path, config.canonical_json() + "\n")
 
 
 def run(
