@@ -118,8 +118,14 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def canonical_json(self) -> str:
-        """Sorted keys, no whitespace, floats as repr: the same bytes on every machine."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        """Sorted keys, no whitespace, floats as repr: the same bytes on every machine.
+
+        Holds every field of the first release, and each field added since only
+        where it differs from its default (see FIRST_RELEASE_FIELDS).
+        """
+        values = {name: value for name, value in self.to_dict().items()
+                  if name in FIRST_RELEASE_FIELDS or value != _default(name)}
+        return json.dumps(values, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
     @property
     def run_id(self) -> str:
@@ -156,6 +162,35 @@ class RunConfig:
 
 
 _FIELD_TYPES = typing.get_type_hints(RunConfig)
+
+# The run_id rule. The fields of rotsweep 0.1.0 are always part of the hashed JSON,
+# as they were then. A field added later is hashed only when it differs from its
+# default, and its default must reproduce what runs computed before it existed:
+# then every run_id written by an earlier version stays valid, and a relaunch
+# after an upgrade finds its finished runs. A fix that changes what some runs
+# compute is a new field whose non-default value those runs take, so exactly
+# their ids change. tests/test_run_ids.py pins ids of the first release.
+FIRST_RELEASE_FIELDS = frozenset({
+    "model", "tiny", "weight_standardization", "gain", "model_options",
+    "dataset", "dataset_options", "val_split", "block_size", "label_smoothing",
+    "optimizer", "lr", "weight_decay", "beta1", "beta2", "momentum", "eps",
+    "rotational", "rv_per_neuron", "rv_zero_mean", "rv_beta", "rv_eta_r_from",
+    "imbalance_portion", "imbalance_factor", "imbalance_mode",
+    "schedule", "lr_power", "min_lr", "warmup_steps", "warmup_epochs", "warmup_start_lr",
+    "onecycle_pct_start", "onecycle_div_factor", "onecycle_final_div_factor",
+    "steps", "epochs", "batch_size", "accumulation", "grad_clip",
+    "precision", "compile", "channels_last", "seed",
+    "train_log_interval", "eval_interval", "eval_batches", "dynamics_interval",
+    "dynamics_sample_neurons", "checkpoint_interval",
+})
+
+
+def _default(name: str) -> Any:
+    field_ = _FIELDS[name]
+    return field_.default_factory() if field_.default is dataclasses.MISSING else field_.default
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 
 def _coerce(name: str, value: Any) -> Any:

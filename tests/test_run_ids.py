@@ -1,0 +1,110 @@
+"""run_ids are a promise: the ids written by rotsweep 0.1.0 stay valid in every later version.
+
+The ids below were computed by the first release (commit 2315405) and are written
+literally. A fix that changes what a run computes must change exactly the ids of
+the affected runs: such a run moves from PINNED to CHANGED_BY_FIX with the fix named.
+"""
+
+import dataclasses
+from dataclasses import field
+
+import pytest
+
+from rotsweep import config as config_module
+from rotsweep.config import FIRST_RELEASE_FIELDS, RunConfig
+from rotsweep.experiments import EXPERIMENTS
+
+# (experiment, model, scale, index into exp.runs(model, scale), run_id of 0.1.0)
+PINNED = [
+    ("eta-lambda", "resnet20", "paper", 0, "be5dca098c49"),
+    ("eta-lambda", "resnet20", "paper", 42, "4ba0bb9ed4b6"),
+    ("eta-lambda", "resnet20", "paper", 83, "43b2ed923fe4"),
+    ("eta-lambda", "resnet20", "tiny", 0, "3b7e9aac60c8"),
+    ("eta-lambda", "resnet20", "tiny", 5, "2c1e135fb1ef"),
+    ("eta-lambda", "resnet20", "tiny", 9, "9462b3cfe797"),
+    ("eta-lambda", "gpt2", "paper", 0, "d764b240a36c"),
+    ("eta-lambda", "gpt2", "paper", 27, "47cc1e28106c"),
+    ("eta-lambda", "gpt2", "paper", 53, "d404b230a11f"),
+    ("eta-lambda", "gpt2", "tiny", 0, "a1073b31ecc7"),
+    ("eta-lambda", "gpt2", "tiny", 4, "967c56f7da7d"),
+    ("eta-lambda", "gpt2", "tiny", 7, "a461e5ee1077"),
+    ("warmup", "gpt2", "paper", 0, "e9278cb0375c"),
+    ("warmup", "gpt2", "paper", 14, "a1768624610e"),
+    ("warmup", "gpt2", "paper", 27, "70dcb3575c9b"),
+    ("warmup", "gpt2", "tiny", 0, "bf07474b99e9"),
+    ("warmup", "gpt2", "tiny", 8, "30b21c1e1825"),
+    ("warmup", "gpt2", "tiny", 15, "b0c89a658f88"),
+    ("warmup", "resnet50", "paper", 0, "e4fb44ce89f2"),
+    ("warmup", "resnet50", "paper", 22, "02f217e8e5e0"),
+    ("warmup", "resnet50", "paper", 43, "773e2f745c65"),
+    ("warmup", "resnet50", "tiny", 0, "4d9184f70388"),
+    ("warmup", "resnet50", "tiny", 8, "15b5e74ed6e2"),
+    ("warmup", "resnet50", "tiny", 15, "2dc5a2b6ccb1"),
+    ("adam-vs-adamw", "resnet18", "paper", 0, "0c9409e1d43a"),
+    ("adam-vs-adamw", "resnet18", "paper", 132, "d09460d6f580"),
+    ("adam-vs-adamw", "resnet18", "paper", 263, "6acd47c11838"),
+    ("adam-vs-adamw", "resnet18", "tiny", 0, "96fad1b45c16"),
+    ("adam-vs-adamw", "resnet18", "tiny", 9, "6dfaa2522deb"),
+    ("adam-vs-adamw", "resnet18", "tiny", 17, "c9b3217f205c"),
+    ("weight-std", "resnet18-ln", "paper", 0, "22a9b4b24290"),
+    ("weight-std", "resnet18-ln", "paper", 49, "777fa2db628e"),
+    ("weight-std", "resnet18-ln", "paper", 98, "35bdd72c80cd"),
+    ("weight-std", "resnet18-ln", "tiny", 0, "231f4c373f07"),
+    ("weight-std", "resnet18-ln", "tiny", 4, "dde49d309cde"),
+    ("weight-std", "resnet18-ln", "tiny", 8, "2f4409b56ced"),
+    ("imbalance", "resnet18", "paper", 0, "be10898fc7d1"),
+    ("imbalance", "resnet18", "paper", 423, "1dc8e7e38fcd"),
+    ("imbalance", "resnet18", "paper", 845, "e1f2dfd96c53"),
+    ("imbalance", "resnet18", "tiny", 0, "21d12d24a66f"),
+    ("imbalance", "resnet18", "tiny", 7, "5600c7a9e681"),
+    ("imbalance", "resnet18", "tiny", 14, "828b96c87014"),
+    ("zero-shot", "resnet20", "paper", 0, "33ec1a7c88b5"),
+    ("zero-shot", "resnet20", "paper", 21, "6ad4801730f7"),
+    ("zero-shot", "resnet20", "paper", 41, "bb93664c94b7"),
+    ("zero-shot", "resnet20", "tiny", 0, "4f6a15534382"),
+    ("zero-shot", "resnet20", "tiny", 3, "5af2e74fc148"),
+    ("zero-shot", "resnet20", "tiny", 5, "ced59cb08c87"),
+    ("zero-shot", "resnet50", "paper", 0, "4f245262169e"),
+    ("zero-shot", "resnet50", "paper", 1, "0eda4fe0351c"),
+    ("zero-shot", "resnet50", "tiny", 0, "af140ea7f09c"),
+    ("zero-shot", "resnet50", "tiny", 1, "e35a9fd2af89"),
+    ("zero-shot", "gpt2", "paper", 0, "d8c74de26945"),
+    ("zero-shot", "gpt2", "paper", 6, "2af60c7b27d8"),
+    ("zero-shot", "gpt2", "paper", 11, "a907305c3edf"),
+    ("zero-shot", "gpt2", "tiny", 0, "bf07474b99e9"),
+    ("zero-shot", "gpt2", "tiny", 1, "30b21c1e1825"),
+    ("dynamics", "gpt2", "paper", 0, "8634117723a2"),
+    ("dynamics", "gpt2", "paper", 1, "73e213ce86dd"),
+    ("dynamics", "gpt2", "tiny", 0, "17cfd493915b"),
+    ("dynamics", "gpt2", "tiny", 1, "a8d5d742fea5"),
+    ("dynamics", "resnet50", "paper", 0, "04e4203ad9ce"),
+    ("dynamics", "resnet50", "tiny", 0, "daf7a67d9f49"),
+]
+
+
+@pytest.mark.parametrize("experiment, model, scale, index, run_id", PINNED,
+                         ids=[f"{e}-{m}-{s}-{i}" for e, m, s, i, _ in PINNED])
+def test_first_release_run_ids_are_unchanged(experiment, model, scale, index, run_id):
+    assert EXPERIMENTS[experiment].runs(model, scale)[index].run_id == run_id
+
+
+def test_pins_cover_every_experiment_and_scale():
+    assert len(PINNED) >= 20
+    assert {(e, s) for e, _, s, _, _ in PINNED} == {(e, s) for e in EXPERIMENTS for s in ("paper", "tiny")}
+
+
+def test_first_release_fields_are_all_still_fields():
+    assert FIRST_RELEASE_FIELDS <= {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def test_a_new_field_at_its_default_changes_no_id(monkeypatch):
+    """Add a field to RunConfig as a later version would: ids change only where it is set."""
+    extended = dataclasses.make_dataclass(
+        "RunConfig", [("split_seed_example", "int | None", field(default=None))], bases=(RunConfig,), frozen=True)
+    monkeypatch.setattr(config_module, "_FIELDS", {f.name: f for f in dataclasses.fields(extended)})
+    base = RunConfig(steps=10, lr=0.1)
+    same = extended(steps=10, lr=0.1)
+    assert same.run_id == base.run_id
+    assert extended(steps=10, lr=0.1, split_seed_example=3).run_id != base.run_id
+    # A first-release field is hashed even at its default, as 0.1.0 did.
+    assert '"rv_beta":0.9' in base.canonical_json()
