@@ -14,7 +14,8 @@ from rotsweep import config as config_module
 from rotsweep.config import FIRST_RELEASE_FIELDS, RunConfig
 from rotsweep.experiments import EXPERIMENTS
 
-# (experiment, model, scale, index into exp.runs(model, scale), run_id of 0.1.0)
+# (experiment, model, scale, index into exp.runs(model, scale) in 0.1.0, run_id of 0.1.0). The test asks only
+# that the id is still one of the sweep's runs, so a grid that gains points or seeds keeps its pins.
 PINNED = [
     ("eta-lambda", "resnet20", "paper", 0, "be5dca098c49"),
     ("eta-lambda", "resnet20", "paper", 42, "4ba0bb9ed4b6"),
@@ -85,7 +86,7 @@ PINNED = [
 @pytest.mark.parametrize("experiment, model, scale, index, run_id", PINNED,
                          ids=[f"{e}-{m}-{s}-{i}" for e, m, s, i, _ in PINNED])
 def test_first_release_run_ids_are_unchanged(experiment, model, scale, index, run_id):
-    assert EXPERIMENTS[experiment].runs(model, scale)[index].run_id == run_id
+    assert run_id in {config.run_id for config in EXPERIMENTS[experiment].runs(model, scale)}
 
 
 def test_pins_cover_every_experiment_and_scale():
