@@ -25,5 +25,6 @@ demo: setup
 cluster:
 	bash slurm/cluster.sh start
 
+# -rs names every skipped test and why; under CI=true (.ci/run) a skip fails instead.
 test: setup cluster
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs

@@ -4,22 +4,45 @@ One torch thread: the tests use tiny tensors, where a second OpenMP thread only
 adds synchronisation, and on a shared or loaded 2-core machine spinning OpenMP
 threads slow tiny ops down by orders of magnitude.
 
+In CI ($CI set, as .ci/run does) every test that can run on this machine must
+run: a skip is reported as a failure, unless its reason names hardware the
+machine does not have (HARDWARE_ABSENT_HERE, e.g. "needs CUDA").
+
 $ROTSWEEP_MUTATION=<name> applies one deliberate bug of tests/mutations.py
 before the tests run (tests/test_mutations.py sets it in a subprocess).
 """
 
 import os
 
+import pytest
 import torch
 
 import mutations
 
 torch.set_num_threads(1)
 
+HARDWARE_ABSENT_HERE = ("CUDA",)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
 
 def pytest_configure(config):
     if os.environ.get(mutations.ENV):
         mutations.apply(os.environ[mutations.ENV])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and in_ci()) or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if not any(hardware in reason for hardware in HARDWARE_ABSENT_HERE):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every test that can run on this machine must run: {reason}"
 
 
 def pytest_terminal_summary(terminalreporter):

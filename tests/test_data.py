@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -446,16 +448,39 @@ def test_text_pieces_tokenise_like_the_whole_text(tmp_path):
     assert enc.encode_ordinary("x\n\n") + enc.encode_ordinary("The") != enc.encode_ordinary("x\n\nThe")
 
 
-def test_prepare_text_with_gpt2(tmp_path):
+GPT2_FORMAT_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "gpt2-bpe"
+
+
+def test_prepare_text_with_a_bpe_in_gpt2_format(tmp_path, monkeypatch):
+    """GPT-2's encoding as tiktoken builds it, from a small vocab.bpe + encoder.json in GPT-2's format.
+
+    The real GPT-2 files are downloaded on first use, which this offline machine
+    cannot do; the fixture (tests/fixtures/gpt2-bpe/make.py) goes through the
+    same loader, tiktoken's data_gym_to_mergeable_bpe_ranks, with GPT-2's
+    pre-tokeniser and <|endoftext|> as the last id.
+    """
     tiktoken = pytest.importorskip("tiktoken")
-    try:
-        enc = tiktoken.get_encoding("gpt2")
-    except Exception as err:  # tiktoken downloads the GPT-2 BPE file on first use
-        pytest.skip(f"tiktoken cannot load the gpt2 encoding offline ({type(err).__name__}): its BPE file is not cached here")
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # read the files where they are, cache nothing
+    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(GPT2_FORMAT_FIXTURE / "vocab.bpe"),
+                                            encoder_json_file=str(GPT2_FORMAT_FIXTURE / "encoder.json"))
+    encoder = json.loads((GPT2_FORMAT_FIXTURE / "encoder.json").read_text(encoding="utf-8"))
+    enc = tiktoken.Encoding("gpt2-format-fixture", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                            special_tokens={"<|endoftext|>": encoder["<|endoftext|>"]})
+    assert enc.eot_token == enc.n_vocab - 1 == len(ranks)  # as GPT-2's 50256 of 50257
+
     (tmp_path / "a.txt").write_text("Hello world, this is text.\n" * 100)
-    prepare_text(tmp_path / "a.txt", tmp_path / "owt", val_fraction=0.05)
-    ids = np.concatenate([np.fromfile(tmp_path / "owt" / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
-    assert ids.tolist() == enc.encode_ordinary("Hello world, this is text.\n" * 100) + [50256]
+    counts = prepare_text(tmp_path / "a.txt", tmp_path / "openwebtext", val_fraction=0.05, encoding=enc)
+    ids = np.concatenate([np.fromfile(tmp_path / "openwebtext" / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
+    # Each word is one token of encoder.json; "Ġ" is GPT-2's character for a leading space, "Ċ" for "\n".
+    line = [encoder[token] for token in ("Hello", "Ġworld", ",", "Ġthis", "Ġis", "Ġtext", ".", "Ċ")]
+    assert ids.tolist() == line * 100 + [encoder["<|endoftext|>"]]
+    assert counts == {"train": 801 - counts["val"], "val": int(0.05 * 801)}
+    meta = json.loads((tmp_path / "openwebtext" / "meta.json").read_text())
+    assert meta["vocab_size"] == enc.n_vocab
+    assert load_dataset("openwebtext", data_dir=tmp_path, block_size=8).vocab_size == enc.n_vocab
 
 
 def test_prepare_text_bad_inputs(tmp_path):
