@@ -19,7 +19,6 @@ from itertools import islice
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 
 from rotsweep import store, train
 from rotsweep.config import RunConfig
