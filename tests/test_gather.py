@@ -258,12 +258,20 @@ def test_a_real_recorder_part_is_gathered(tmp_path):
     config = RunConfig(steps=20, lr=1e-2, weight_decay=0.1, schedule="constant")
     sweep = tmp_path / "sweep"
     write_run(sweep, config, "done", image_metrics(last=20), step=20, total_steps=20)
+    recorded = recorder.drain()
     store.write_parquet(store.run_dir(sweep, config.run_id) / store.DYNAMICS_DIR / "part-000000000-000000018.parquet",
-                        recorder.drain())
+                        recorded)
     assert gather(sweep).problems == []
-    layers = pd.read_parquet(output_paths(sweep)["layers"])
-    assert sorted(layers.param) == ["0.weight", "2.weight"]
-    assert (layers.eta_r > 0).all() and (layers.window_steps == 5).all()  # steps 6, 8, ..., 14 of [5, 15]
+    layers = pd.read_parquet(output_paths(sweep)["layers"]).set_index("param")
+    assert sorted(layers.index) == ["0.weight", "2.weight"]
+    assert (layers.window_steps == 5).all()  # steps 6, 8, ..., 14 of [5, 15]
+    # The layer values are the recorder's own per-layer means over the window.
+    window = recorded[(recorded.step >= 5) & (recorded.step <= 15) & (recorded.reduction == "mean")]
+    for param in layers.index:
+        mine = window[window.param == param]
+        assert layers.loc[param, "eta_r"] == pytest.approx(mine[mine.stat == "angular_update"].value.mean(), rel=1e-12)
+        assert layers.loc[param, "norm"] == pytest.approx(mine[mine.stat == "norm"].value.mean(), rel=1e-12)
+        assert layers.loc[param, "eta_r"] > 0
 
 
 # --- Corrupt files -----------------------------------------------------------------------------
