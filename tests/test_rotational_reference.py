@@ -35,24 +35,24 @@ ROTATIONAL_EPS = 1e-8
 TOLERANCE = 2e-5
 
 
-def table1_eta_r(optimizer: str, lr: float) -> float:
+def table1_eta_r(optimizer: str, lr: float, weight_decay: float = WEIGHT_DECAY) -> float:
     """η̂_r of Table 1, written out: AdamW sqrt(2ηλ(1−β1)/(1+β1)), SGDM sqrt(2ηλ/(1+α)),
     Lion sqrt(πηλ)·sqrt((1−β1)² + β1²(1−β2)/(1+β2))."""
     beta1, beta2 = BETAS
     if optimizer == "adamw":
-        return math.sqrt(2 * lr * WEIGHT_DECAY * (1 - beta1) / (1 + beta1))
+        return math.sqrt(2 * lr * weight_decay * (1 - beta1) / (1 + beta1))
     if optimizer == "sgdm":
-        return math.sqrt(2 * lr * WEIGHT_DECAY / (1 + MOMENTUM))
+        return math.sqrt(2 * lr * weight_decay / (1 + MOMENTUM))
     assert optimizer == "lion"
-    return math.sqrt(math.pi * lr * WEIGHT_DECAY) * math.sqrt((1 - beta1) ** 2 + beta1**2 * (1 - beta2) / (1 + beta2))
+    return math.sqrt(math.pi * lr * weight_decay) * math.sqrt((1 - beta1) ** 2 + beta1**2 * (1 - beta2) / (1 + beta2))
 
 
 class Algorithm1:
     """One weight tensor under Algorithm 1 in float64; `p` holds its neurons as rows."""
 
     def __init__(self, weight: torch.Tensor, inner: str, *, per_neuron: bool, zero_mean: bool,
-                 speed: torch.Tensor, eta_r: float | None = None):
-        self.shape = weight.shape
+                 speed: torch.Tensor, eta_r: float | None = None, weight_decay: float = WEIGHT_DECAY):
+        self.shape, self.weight_decay = weight.shape, weight_decay
         self.inner, self.zero_mean, self.speed, self.fixed_eta_r = inner, zero_mean, speed.unsqueeze(1), eta_r
         p = weight.double().reshape(weight.shape[0] if per_neuron else 1, -1)
         self.n = p.norm(dim=1, keepdim=True)  # line 1: n_p ← ‖p‖
@@ -75,7 +75,7 @@ class Algorithm1:
         if self.inner in ("adamw", "adam-l2"):
             # Adam+ℓ2 (eq. 76-78): the second moment is of g + λp; the λp part of the first
             # moment is Δ_λ p, which Algorithm 1 does not use.
-            seen = g if self.inner == "adamw" else g + WEIGHT_DECAY * self.p
+            seen = g if self.inner == "adamw" else g + self.weight_decay * self.p
             self.m = beta1 * self.m + (1 - beta1) * g
             self.v = beta2 * self.v + (1 - beta2) * seen**2
             return (self.m / (1 - beta1**t)) / ((self.v / (1 - beta2**t)).sqrt() + EPS)
@@ -95,16 +95,17 @@ class Algorithm1:
             d = d - d.mean(dim=1, keepdim=True)  # line 12: d ⊥ 1
         self.nu = RMS_BETA * self.nu + (1 - RMS_BETA) * (d * d).sum(dim=1, keepdim=True)  # line 14
         eta_r = self.fixed_eta_r if self.fixed_eta_r is not None else table1_eta_r(
-            "adamw" if self.inner == "adam-l2" else self.inner, lr)
+            "adamw" if self.inner == "adam-l2" else self.inner, lr, self.weight_decay)
         rms = (self.nu / (1 - RMS_BETA**self.t)).sqrt()
         p = p - eta_r * self.speed * self.n * d / (rms + ROTATIONAL_EPS)  # line 16 (with the imbalance factor)
         self.p = self.n * p / p.norm(dim=1, keepdim=True)  # line 18
 
 
-def neuron_speeds(optimizer, n_neurons: int) -> torch.Tensor:
-    """1/f for the wrapper's slow neurons, f for its fast ones, 1 for the rest (Appendix J, Figure 16)."""
+def neuron_speeds(optimizer, n_neurons: int, index: int = 0) -> torch.Tensor:
+    """1/f for the slow neurons of parameter `index`, f for its fast ones, 1 for the rest (Appendix J, Figure 16)."""
     speed = torch.ones(n_neurons, dtype=torch.float64)
-    for mask in optimizer.imbalance_masks().values():
+    mask = optimizer.imbalance_masks().get(index)
+    if mask is not None:
         speed[mask["slow"]] = 1 / mask["factor"]
         speed[mask["fast"]] = mask["factor"]
     return speed
@@ -171,6 +172,51 @@ def test_imbalanced_neurons_are_chosen():
         assert ((speed == 1 / 3).sum().item(), (speed == 3).sum().item()) == (4 if imbalance == "slow" else 2, fast)
 
 
+@pytest.mark.parametrize("inner", INNERS)
+def test_several_tensors_and_groups_each_follow_algorithm_1(inner):
+    """Tensors of different shapes share a group; groups differ in λ and zero_mean; neurons are imbalanced.
+
+    An implementation that steps many tensors at once must still give each its own neurons,
+    norms, RMS tracker, imbalanced neurons and its group's η̂_r. (Imbalance needs per_neuron for
+    every group; per-tensor rotation is checked above. The bias, outside Ω, is test_optim.py's.)
+    """
+    generator = torch.Generator().manual_seed(3)
+    shapes = [(6, 5), (8, 3, 2, 2), (10, 4), (4, 6)]
+    weights = [torch.nn.Parameter(torch.randn(shape, generator=generator) + 0.2) for shape in shapes]
+    bias = torch.nn.Parameter(torch.randn(6, generator=generator))
+    initial = [w.detach().clone() for w in weights]
+    groups = [  # (its params, weight decay, per_neuron, zero_mean)
+        ([0, 1], 0.1, True, True),
+        ([2], 0.05, True, False),
+        ([3], 0.2, True, True),
+    ]
+    options = dict(eta_r_from="adamw") if inner == "adam-l2" else {}
+    optimizer = build_optimizer(
+        inner, [{"params": [weights[i] for i in members], "weight_decay": wd, "per_neuron": per_neuron,
+                 "zero_mean": zero_mean} for members, wd, per_neuron, zero_mean in groups]
+        + [{"params": [bias], "weight_decay": 0.0}],
+        rotational=True, lr=LRS[0], betas=BETAS, momentum=MOMENTUM, eps=EPS, rms_beta=RMS_BETA,
+        rotational_eps=ROTATIONAL_EPS, imbalance_mode="split", imbalance_portion=0.5, imbalance_factor=3.0,
+        **options)
+    references = {}
+    for members, wd, per_neuron, zero_mean in groups:
+        for i in members:
+            references[i] = Algorithm1(initial[i], inner, per_neuron=per_neuron, zero_mean=zero_mean,
+                                       speed=neuron_speeds(optimizer, shapes[i][0], index=i), weight_decay=wd)
+    for lr in LRS:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        grads = [torch.randn(w.shape, generator=generator) for w in weights]
+        for weight, grad in zip(weights, grads):
+            weight.grad = grad.clone()
+        bias.grad = torch.randn(6, generator=generator)
+        optimizer.step()
+        for i, reference in references.items():
+            reference.step(grads[i], lr)
+            error = (weights[i].detach().double() - reference.weight()).abs().max().item()
+            assert error < TOLERANCE, f"tensor {shapes[i]}: max |wrapper − Algorithm 1| = {error:.3g}"
+
+
 @pytest.mark.parametrize("inner", ["sgdm", "lion"])
 def test_an_explicit_eta_r_replaces_table_1(inner):
     for weight, reference in run_both(inner, eta_r=0.02, seed=1):
@@ -201,9 +247,10 @@ def test_rotational_steps_descend_a_scale_invariant_loss(inner):
     assert loss().item() < start - 0.5 * (start - (-target.norm(dim=1).sum().item()))  # half way to the optimum
 
 
-def test_tiny_rotational_run_learns(tmp_path):
-    """As test_train.py requires of the AdamW baseline: the training loss falls by at least 20%."""
-    config = preset("tiny-resnet20-adamw", steps=200, rotational=True)
+@pytest.mark.parametrize("name", ["tiny-resnet20-adamw", "tiny-gpt2-adamw"])
+def test_tiny_rotational_run_learns(tmp_path, name):
+    """As test_train.py requires of the AdamW baselines: the training loss falls by at least 20%."""
+    config = preset(name, steps=200, rotational=True)
     assert train.run(config, tmp_path) == "done"
     metrics = pd.read_parquet(tmp_path / store.METRICS_FILE)
     loss = metrics[(metrics["split"] == "train") & (metrics["metric"] == "loss")]["value"].to_numpy()
