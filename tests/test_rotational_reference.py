@@ -69,8 +69,8 @@ class Algorithm1:
         return self.p.reshape(self.shape)
 
     def direction(self, g: torch.Tensor) -> torch.Tensor:
-        """Lines 9-11: Δ_g p/η, the inner optimizer's update without weight decay, with the sign of a step
-        (here returned as its negative, the way the gradient points)."""
+        """Lines 9-11: d = Δ_g p/(−η), the inner optimizer's update without its weight decay, divided by −η
+        (so d points the way the gradient does, and line 16 subtracts it)."""
         beta1, beta2, t = *BETAS, self.t
         if self.inner in ("adamw", "adam-l2"):
             # Adam+ℓ2 (eq. 76-78): the second moment is of g + λp; the λp part of the first
@@ -97,7 +97,7 @@ class Algorithm1:
         eta_r = self.fixed_eta_r if self.fixed_eta_r is not None else table1_eta_r(
             "adamw" if self.inner == "adam-l2" else self.inner, lr, self.weight_decay)
         rms = (self.nu / (1 - RMS_BETA**self.t)).sqrt()
-        p = p - eta_r * self.speed * self.n * d / (rms + ROTATIONAL_EPS)  # line 16 (with the imbalance factor)
+        p = p - eta_r * self.speed * self.n * d / (rms + ROTATIONAL_EPS)  # line 16 (times the imbalance factor)
         self.p = self.n * p / p.norm(dim=1, keepdim=True)  # line 18
 
 
@@ -185,23 +185,23 @@ def test_several_tensors_and_groups_each_follow_algorithm_1(inner):
     weights = [torch.nn.Parameter(torch.randn(shape, generator=generator) + 0.2) for shape in shapes]
     bias = torch.nn.Parameter(torch.randn(6, generator=generator))
     initial = [w.detach().clone() for w in weights]
-    groups = [  # (its params, weight decay, per_neuron, zero_mean)
-        ([0, 1], 0.1, True, True),
-        ([2], 0.05, True, False),
-        ([3], 0.2, True, True),
+    groups = [  # (its params, weight decay, zero_mean)
+        ([0, 1], 0.1, True),
+        ([2], 0.05, False),
+        ([3], 0.2, True),
     ]
     options = dict(eta_r_from="adamw") if inner == "adam-l2" else {}
     optimizer = build_optimizer(
-        inner, [{"params": [weights[i] for i in members], "weight_decay": wd, "per_neuron": per_neuron,
-                 "zero_mean": zero_mean} for members, wd, per_neuron, zero_mean in groups]
+        inner, [{"params": [weights[i] for i in members], "weight_decay": wd, "zero_mean": zero_mean}
+                for members, wd, zero_mean in groups]
         + [{"params": [bias], "weight_decay": 0.0}],
         rotational=True, lr=LRS[0], betas=BETAS, momentum=MOMENTUM, eps=EPS, rms_beta=RMS_BETA,
         rotational_eps=ROTATIONAL_EPS, imbalance_mode="split", imbalance_portion=0.5, imbalance_factor=3.0,
         **options)
     references = {}
-    for members, wd, per_neuron, zero_mean in groups:
+    for members, wd, zero_mean in groups:
         for i in members:
-            references[i] = Algorithm1(initial[i], inner, per_neuron=per_neuron, zero_mean=zero_mean,
+            references[i] = Algorithm1(initial[i], inner, per_neuron=True, zero_mean=zero_mean,
                                        speed=neuron_speeds(optimizer, shapes[i][0], index=i), weight_decay=wd)
     for lr in LRS:
         for group in optimizer.param_groups:
