@@ -20,7 +20,7 @@ Paper scale (official 5_2 lr-vs-wd and appx_J_3 scripts):
 from __future__ import annotations
 
 from rotsweep.experiments import TINY_FULL_EVAL, Experiment, Sweep, axis, choice, product
-from rotsweep.presets import PRESETS
+from rotsweep.presets import PAPER_PRESET_SOURCES, PRESETS
 
 ADAMW = {"optimizer": "adamw"}
 RV_ADAMW = {"optimizer": "adamw", "rotational": True}
@@ -39,12 +39,23 @@ RESNET20_LRS = [1e-6, 1e-5, 1e-4, 3e-4, 9e-4, 2.7e-3, 8.3e-3, 2.5e-2, 5e-2, 0.1,
 
 RESNET20_PAPER = Sweep(
     # The Table 4 AdamW b128 recipe, but warmup starts from 0 and the cosine ends at 0.
-    base={**PRESETS["c10-resnet20-adamw-b128"], "val_split": True, "warmup_start_lr": 0.0, "min_lr": 0.0},
+    base={**PRESETS["c10-resnet20-adamw-b128"], "val_split": True, "data_seed": 0, "warmup_start_lr": 0.0,
+          "min_lr": 0.0},
     points=product(
         choice("optimizer", {"AdamW": ADAMW, "RV-AdamW": RV_ADAMW}),
         at_fixed_eta_lambda(RESNET20_ETA_LAMBDA, RESNET20_LRS),
     ),
     seeds=(0, 1, 2),
+    sources=PAPER_PRESET_SOURCES["c10-resnet20-adamw-b128"] | {
+        "seed": "epfml/REQ 5_2 lr-vs-wd: seeds 0, 1, 2",
+        "lr": "Appendix K: η·λ = 5e-4 fixed; the fourteen lrs of epfml/REQ 5_2 lr-vs-wd",
+        "weight_decay": "Appendix K: λ = 5e-4/η",
+        "rotational": "Figure 4: RV-AdamW (epfml/REQ 5_2 lr-vs-wd: rvwrapper, inner adamw)",
+        "val_split": "Figure 4: validation accuracy on a 90/10 split (epfml/REQ 5_2 lr-vs-wd --val-split train[0.9:]-0)",
+        "data_seed": "epfml/REQ 5_2 lr-vs-wd: the split seed is 0 for every training seed",
+        "warmup_start_lr": "epfml/REQ 5_2 lr-vs-wd: --warmup-lr 0 (Table 4: 1e-6)",
+        "min_lr": "epfml/REQ 5_2 lr-vs-wd: --min-lr 0 (Table 4 recipe: 1e-5)",
+    },
 )
 
 # Tiny: at the paper's product the transient lasts ~1/ηλ = 2000 steps, longer
@@ -72,6 +83,13 @@ GPT2_PAPER = Sweep(
         *product(choice("optimizer", {"RV-AdamW": RV_ADAMW_GAIN}), at_fixed_eta_lambda(GPT2_ETA_LAMBDA, GPT2_RV_LRS)),
     ],
     seeds=(0, 1, 2),
+    sources=PAPER_PRESET_SOURCES["wiki-gpt2-adamw"] | {
+        "seed": "epfml/REQ appx_J_3: seeds 0, 1, 2",
+        "lr": "Appendix K: η·λ = 2.5e-3 fixed; the lrs of epfml/REQ appx_J_3 (seven AdamW, eleven RV)",
+        "weight_decay": "Appendix K: λ = 2.5e-3/η",
+        "rotational": "Figure 14: RV-AdamW (epfml/REQ appx_J_3: rvadamw)",
+        "gain": "epfml/REQ appx_J_3: the RV runs use slinear (per-neuron gains)",
+    },
 )
 
 # Tiny: the paper's product; from lr 1e-3 (where the RV's gains learn too slowly)
