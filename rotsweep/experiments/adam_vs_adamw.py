@@ -11,7 +11,9 @@ records per-layer rotation (Figure 6 Right, the best run of each).
 Paper scale (official 5_3_adam_vs_adamw): post-activation ResNet-18 on a
 90/10 split of CIFAR-10, batch 256, 200 epochs, cosine without warmup;
 lr = 0.2·2^i for i = −10..0; Adam+ℓ2 λ ∈ {0} ∪ 1e-3·2^i (i = −5..4),
-121 runs; AdamW λ ∈ {0} ∪ 1e-2·2^i (i = −2..9), 143 runs.
+121 runs; AdamW λ ∈ {0} ∪ 1e-2·2^i (i = −2..9), 143 runs. The official split
+seed is 0, the same as the one training seed, so the default data_seed (the
+run seed) gives the official split; with other --seeds, set data_seed=0.
 """
 
 from __future__ import annotations

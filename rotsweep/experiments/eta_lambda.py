@@ -7,14 +7,26 @@ the equilibrium rotation fixed and changes only the transient (eq. 16: how
 far and how fast the norm must travel to its equilibrium ‖ω̂‖ = sqrt(ηC/2λ))
 and the update size of biases and gains (η̂_g ∝ η). The rotational variant
 has no transient, so it should be the less sensitive of the two (Figure 4L,
-Figure 14); Figure 4M/R show the norm and rotation over time for three of the
-AdamW runs (η = 1e-4, 8.3e-3, 0.3).
+Figure 14), though not insensitive: §5.2 notes that its performance also
+varies quite a bit along η·λ = const, since η still sets the updates of the
+biases and gains. Figure 4M/R show the norm and rotation over time for three
+of the AdamW runs (η = 1e-4, 8.3e-3, 0.3).
 
 Paper scale (official 5_2 lr-vs-wd and appx_J_3 scripts):
 - resnet20: CIFAR-10 on a 90/10 split, AdamW and RV-AdamW, η·λ = 5e-4,
   fourteen learning rates, warmup from 0 and cosine down to 0.
 - gpt2: Wikitext, η·λ = 2.5e-3; AdamW over seven learning rates and RV-AdamW
   (with per-neuron gains, the transformer is not scale-invariant) over eleven.
+
+Where the paper's text and the official scripts differ, rotsweep follows the
+scripts (they produced the figures):
+- Appendix K describes the Table 4 recipe (warmup from 1e-6, min lr 1e-5);
+  5_2 lr-vs-wd passes --warmup-lr 0 and --min-lr 0.
+- The 90/10 split is seeded by 0 for all three training seeds
+  (--val-split train[0.9:]-0): data_seed = 0.
+- The Wikitext runs (llm_baselines) decay only the Linear weights; the tied
+  embedding / output layer, wpe and LayerNorms get λ = 0 and are not
+  rotational (weight_decay_on = "linear", set by the wiki-gpt2-adamw preset).
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ of Table 4, λ = 0.01·2^k:
 - affected fraction 0.5, factor 2..10 in both modes, k = −5..7;
 - widths 57, 51, 44, 38 (0.9..0.6 of 64) and 32 (half width, reported in the
   paper's text at 93.7% but absent from the scripts), balanced, k = −3..3.
+The split is seeded by 0 for all three training seeds (data_seed = 0), and the
+ResNet-18 is the official cifar_resnet's, whose pre-activation projection
+shortcut has its own norm (model option shortcut_norm).
 """
 
 from __future__ import annotations

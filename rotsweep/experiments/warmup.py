@@ -15,6 +15,16 @@ Paper scale (official 5_2 warmup scripts):
   (8192), lr = 0.1·2^i for i = 0..9, warmup 1 epoch or none, SGDM vs RV-SGDM
   (Figure 5 Right); plus the 90-epoch runs of Figure 15 at each optimizer's
   best learning rate.
+
+Where the paper's text and the official scripts differ, rotsweep follows the
+scripts (they produced the figures):
+- gpt2: the RV sweep has one more learning rate, 6e-4·64 = 3.84e-2, than
+  Appendix K's 6e-4·2^i, i = −1..5 (30 runs, not 28). Warmup is nanoGPT's
+  (the owt-gpt2-adamw preset: linear from 0 over 250 steps, then the cosine
+  over the remaining steps), not timm's overlapping warmup from 1e-6.
+- resnet50: Appendix K names only the no-warmup setup; the script compares
+  1 warmup epoch with none. Figure 15's text says 100 epochs; the script's
+  long runs are 90.
 """
 
 from __future__ import annotations

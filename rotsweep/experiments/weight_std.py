@@ -14,7 +14,11 @@ Paper scale (official 5_3 WS scripts): pre-activation ResNet-18 with
 LayerNorm (GroupNorm with one group) on a 90/10 split of CIFAR-100, batch 256,
 the CIFAR recipe of Table 4 (5 warmup epochs, cosine, 200 epochs), SGDM with
 λ = 5e-4 over eleven peak learning rates, seeds 42, 43, 44. Variants: the LN
-baseline; LN + WS (no gain); the rotational SGDM (β = 0.99).
+baseline; LN + WS (no gain); the rotational SGDM (β = 0.99). The network is
+the official cifar_resnet's pre-activation ResNet-18, whose projection
+shortcut normalises its input with its own norm and no ReLU before the 1×1
+conv (model option shortcut_norm; timm's ResNetV2 instead takes the block's
+relu(N_1(x))). The 90/10 split is seeded by the training seed, as in 5_3 WS.
 """
 
 from __future__ import annotations

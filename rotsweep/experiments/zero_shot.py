@@ -9,6 +9,16 @@ cover is run as the baseline and as its RV, with the few-shot λ where
 Tables 2 and 3 report one (ResNet-20 b2048 with AdamW and with Lion). Runs
 evaluate on the test set (no 90/10 split); transformers' RVs get per-neuron
 gains, as in the paper. DeiT and the IWSLT transformer are not implemented.
+
+Where the paper's text and the official scripts differ, rotsweep follows the
+scripts (they produced the tables); `rotsweep experiments --json` lists the
+source of every value:
+- Lion runs with β2 = 0.99 (appx_J_2; Appendix K says 0.999).
+- ResNet-50 warms up for 1 epoch (appx_J_2 RN50; Table 4 says 5).
+- Wikitext (llm_baselines) is evaluated on the test split (--is-test-split, as
+  Table 2's caption says) and decays only the Linear weights.
+- OpenWebText runs with seeds 42, 43, 44 (5_1_B gpt2_owt.py) and nanoGPT's
+  warmup.
 """
 
 from __future__ import annotations
