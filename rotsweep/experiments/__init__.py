@@ -1,7 +1,7 @@
 """The paper's experiments as grids of RunConfigs, at paper scale and at tiny scale.
 
     exp = get_experiment("warmup")
-    exp.runs("gpt2")                 # the 28 runs of Figure 5 (Middle)
+    exp.runs("gpt2")                 # the 30 runs of Figure 5 (Middle)
     exp.runs("gpt2", scale="tiny")   # the same axes, fewer points, on a CPU
     exp.axes("gpt2", "paper")        # {"optimizer": ["AdamW", "RV-AdamW"],
                                      #  "warmup": ["250 steps", "none"], "lr": [3e-4, ...]}

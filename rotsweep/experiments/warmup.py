@@ -9,8 +9,8 @@ its rotational variant.
 
 Paper scale (official 5_2 warmup scripts):
 - gpt2: OpenWebText (nanoGPT recipe, 5000 steps), lr = 6e-4·2^i for
-  i = −1..5, warmup 250 steps or none, AdamW vs RV-AdamW with per-neuron
-  gains: 7 × 2 × 2 = 28 runs (Figure 5 Left/Middle).
+  i = −1..5 (the RV also i = 6), warmup 250 steps or none, AdamW vs RV-AdamW
+  with per-neuron gains: 7 × 2 + 8 × 2 = 30 runs (Figure 5 Left/Middle).
 - resnet50: ImageNet, 10 epochs of batch 256 × 32 accumulated micro-batches
   (8192), lr = 0.1·2^i for i = 0..9, warmup 1 epoch or none, SGDM vs RV-SGDM
   (Figure 5 Right); plus the 90-epoch runs of Figure 15 at each optimizer's
