@@ -312,3 +312,23 @@ def test_disagreements_between_paper_and_code_are_recorded_where_the_values_are_
     assert "Table 4 says 5" in sources[("zero-shot", "resnet50")]["warmup_epochs"]
     assert "the paper says ResNet-50" in sources[("dynamics", "resnet50")]["model_options"]
     assert "--is-test-split" in sources[("zero-shot", "gpt2")]["eval_split"]
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("weight_decay_on", "embeddings", "weight_decay_on='embeddings' is not one of matrices, linear"),
+    ("eval_split", "tset", "eval_split='tset' is not one of val, test"),
+    ("warmup_style", "karpathy", "warmup_style='karpathy' is not one of timm, nanogpt"),
+])
+def test_new_recipe_fields_reject_unknown_values(field, value, message):
+    with pytest.raises(UserError, match=message):
+        RunConfig(steps=1, **{field: value})
+
+
+def test_shortcut_norm_is_only_for_pre_activation():
+    with pytest.raises(UserError, match="shortcut_norm=True is a pre-activation variant"):
+        build_model("resnet18", tiny=True, pre_activation=False, shortcut_norm=True)
+    with pytest.raises(UserError, match="model resnet20 has no option 'shortcut_norm'"):
+        build_model("resnet20", tiny=True, shortcut_norm=True)

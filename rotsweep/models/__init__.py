@@ -48,7 +48,7 @@ _MODELS: dict[str, _Model] = {
     "resnet18-ln": _Model(
         resnet.resnet18_ln, "image",
         "ResNet-18 for CIFAR with LayerNorm (GroupNorm, 1 group) for every BatchNorm; pre-activation "
-        "unless pre_activation=False", "width 8, one block per stage", _RESNET18_OPTIONS,
+        "unless pre_activation=False; shortcut_norm as for resnet18", "width 8, one block per stage", _RESNET18_OPTIONS,
     ),
     "resnet50": _Model(
         resnet.resnet50, "image",
