@@ -109,7 +109,6 @@ class RunConfig:
     warmup_style: str = "timm"
 
     def __post_init__(self) -> None:
-        self._drop_no_op_values()
         if (self.steps is None) == (self.epochs is None):
             raise UserError("a run needs exactly one of `steps` or `epochs`; set one with --set steps=N")
         if self.steps is not None and self.steps < 1:
@@ -134,6 +133,7 @@ class RunConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        self._drop_no_op_values()  # after validation: an invalid value is an error even where it is a no-op
 
     def _drop_no_op_values(self) -> None:
         """Put later fields that change nothing here at their default (see _CHANGES_NOTHING)."""
