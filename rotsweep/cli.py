@@ -50,7 +50,7 @@ def predict(
     weight_decay: float = typer.Option(..., help="weight decay / ℓ2 coefficient λ"),
     dim: Optional[int] = typer.Option(None, help="C, the fan-in of one neuron (needed for η̂_g and the norm)"),
     beta1: float = typer.Option(0.9, help="Adam/Lion β1"),
-    beta2: float = typer.Option(0.999, help="Adam/Lion β2"),
+    beta2: Optional[float] = typer.Option(None, help="Adam/Lion β2 (default: 0.999 for Adam, 0.99 for Lion)"),
     momentum: float = typer.Option(0.9, help="SGDM momentum α"),
     grad_norm: Optional[float] = typer.Option(
         None, help="RMS gradient norm of a unit-norm weight vector, sqrt(E‖g̃‖²) (SGDM norm, Adam+ℓ2)"
@@ -64,6 +64,8 @@ def predict(
         optimizer, lr=lr, weight_decay=weight_decay, dim=dim, beta1=beta1, beta2=beta2,
         momentum=momentum, grad_norm=grad_norm,
     )
+    if "warning" in result and not as_json:  # --json keeps it in the object
+        typer.echo(f"warning: {result.pop('warning')}", err=True)
     if as_json:
         print_json(result)
     else:

@@ -89,6 +89,25 @@ class RunConfig:
     dynamics_sample_neurons: int = 16
     checkpoint_interval: int = 500
 
+    # Fields added after the first release (see FIRST_RELEASE_FIELDS). Each default is what
+    # runs computed before the field existed; the paper recipes that need another value set it.
+    # Which tensors get weight decay (and so, by the default rule, are rotational in an RV):
+    # "matrices" = every tensor with ndim >= 2 (timm, nanoGPT); "linear" = the weights of Linear
+    # layers that are not tied to an embedding (llm_baselines: embeddings and the tied lm_head
+    # get no decay). See models.param_groups.
+    weight_decay_on: str = "matrices"
+    # The split evaluated during training: "val", or "test" (llm_baselines' --is-test-split).
+    # The metric rows keep the name "val" (the run's held-out evaluation), as CIFAR runs
+    # without a 90/10 split do when they evaluate on the test set.
+    eval_split: str = "val"
+    # Seed of the data set itself (the 90/10 split; a synthetic set's task); None = `seed`.
+    # The official lr-vs-wd and imbalance scripts fix the split at 0 while varying the seed.
+    data_seed: int | None = None
+    # Warmup shape. "timm": a line from warmup_start_lr that overlaps the schedule, measured
+    # from step 0. "nanogpt": a line from 0 over the warmup steps, then the cosine over the
+    # remaining steps (nanoGPT's get_lr).
+    warmup_style: str = "timm"
+
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
             raise UserError("a run needs exactly one of `steps` or `epochs`; set one with --set steps=N")
@@ -107,10 +126,20 @@ class RunConfig:
             "schedule": ("cosine", "constant", "onecycle"),
             "precision": ("fp32", "bf16", "fp16"),
             "imbalance_mode": ("slow", "split"),
+            "weight_decay_on": ("matrices", "linear"),
+            "eval_split": ("val", "test"),
+            "warmup_style": ("timm", "nanogpt"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        self._drop_no_op_values()  # after validation: an invalid value is an error even where it is a no-op
+
+    def _drop_no_op_values(self) -> None:
+        """Put later fields that change nothing here at their default (see _CHANGES_NOTHING)."""
+        for name, changes_nothing in _CHANGES_NOTHING.items():
+            if changes_nothing(self):
+                object.__setattr__(self, name, _default(name))
 
     # --- identity -------------------------------------------------------------------------
 
@@ -183,6 +212,15 @@ FIRST_RELEASE_FIELDS = frozenset({
     "train_log_interval", "eval_interval", "eval_batches", "dynamics_interval",
     "dynamics_sample_neurons", "checkpoint_interval",
 })
+
+
+# Later fields whose value changes nothing in some configurations: there a RunConfig holds
+# their default instead (see RunConfig._drop_no_op_values), so a recipe that sets them keeps
+# the ids of the runs they do not change.
+_CHANGES_NOTHING = {
+    "data_seed": lambda config: config.data_seed == config.seed,  # None means the run seed
+    "warmup_style": lambda config: config.warmup_steps == 0 and config.warmup_epochs == 0,  # no warmup
+}
 
 
 def _default(name: str) -> Any:

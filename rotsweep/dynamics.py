@@ -3,9 +3,14 @@
 The paper follows each neuron's weight vector ω through its norm ‖ω‖, its
 angular update η_r = ∠(ω_t, ω_t+1) (eq. 3) and, for biases and gains, its RMS
 update η_g = sqrt(E[(b_t+1 − b_t)²]) (eq. 2). For weights that are not scale
-invariant the gradient also has a radial part, which acts like extra weight
-decay λ_u = ⟨ω, ∇L⟩/‖ω‖² (eq. 101, §3.4): the effective weight decay is λ + λ_u.
-A positive λ_u means the gradient step shrinks ω.
+invariant the gradient also has a radial part. The recorded `radial` statistic
+is ⟨ω, ∇L⟩/‖ω‖² of the raw gradient. For SGD(M) this is λ_u of eq. 101
+(§3.4, Appendix H): it acts like extra weight decay, comparable to λ because
+momentum scales both alike, and the effective weight decay is λ + λ_u; a
+positive λ_u means the gradient step shrinks ω. For the Adam family and Lion it
+is only the radial share of the raw gradient: their updates divide g by
+sqrt(v) (or take its sign) but not λ·ω, so it is not comparable to λ (Appendix
+G's λ_u for Adam projects the scaled gradient g/sqrt(v), not recorded here).
 
 Usage, every optimizer step (the recorder does nothing on steps it skips):
 
@@ -25,7 +30,7 @@ ndim >= 2; its neurons are the rows of weight.flatten(1) (output channels).
     angular_update   ∠(ω_r, ω'_r)                 ∠(ω, ω') of the flattened tensor
     rms_update       ‖ω'_r − ω_r‖/sqrt(row size)  ‖ω' − ω‖/sqrt(numel)
     grad_norm        ‖g_r‖                        ‖g‖
-    radial           ⟨ω_r, g_r⟩/‖ω_r‖²            ⟨ω, g⟩/‖ω‖²
+    radial           ⟨ω_r, g_r⟩/‖ω_r‖²            ⟨ω, g⟩/‖ω‖²     (λ_u of eq. 101 for SGD(M) only)
 
 Here ω is the weight before the step, ω' after it, g the gradient the optimizer
 is about to use. Each record also has one constant row per weight, stat

@@ -61,7 +61,7 @@ PAPER_HYPERPARAMETERS = {
     "adamw": dict(lr=1.25e-2, weight_decay=8e-2, betas=(0.9, 0.999)),
     "adam-l2": dict(lr=7.813e-4, weight_decay=1.25e-4, betas=(0.9, 0.999)),
     "sgdm": dict(lr=0.5, weight_decay=1e-4, momentum=0.9),
-    "lion": dict(lr=5e-4, weight_decay=1.0, betas=(0.9, 0.99)),
+    "lion": dict(lr=5e-4, weight_decay=1.0, betas=(0.9, theory.LION_BETA2)),
 }
 # Steps to reach equilibrium from torch's initialization: the paper's 15k, except Adam+ℓ2,
 # whose largest neurons relax on a ~10k-step scale here (rate 1.5·η²C/‖ω̂‖², from eq. 86).

@@ -8,9 +8,15 @@
 - onecycle: torch's OneCycleLR with cosine annealing, as in the Wikitext runs:
   from max/div_factor up to max over pct_start * T steps, then down to
   max/(div_factor * final_div_factor), both halves cosine-shaped.
-- Linear warmup from warmup_start_lr towards the peak lr over the first
-  warmup steps. As in timm, warmup overlaps the schedule (it is not
-  prepended), so the cosine is measured from step 0.
+- Linear warmup over the first warmup steps, in one of two styles
+  (RunConfig.warmup_style):
+  - "timm" (the CIFAR and ImageNet recipes): from warmup_start_lr towards the
+    peak lr; warmup overlaps the schedule (it is not prepended), so the cosine
+    is measured from step 0;
+  - "nanogpt" (the OpenWebText recipe, nanoGPT's get_lr as run by epfml/REQ
+    5_2 warmup and 5_1_B gpt2_owt.py): lr·t/warmup from 0, then the cosine
+    (cosine schedule only) over the remaining steps,
+    min + (max − min)·(1 + cos(π·(t − warmup)/(T − warmup)))/2.
 
 Being a function of the step (not an object with state) makes resuming from a
 checkpoint exact: the lr at step t is the same whether or not the run was
@@ -35,6 +41,11 @@ def learning_rate(config: RunConfig, step: int, total_steps: int, warmup_steps: 
     """The learning rate applied by optimizer step `step` (0-based) of `total_steps`."""
     peak = config.lr
     fraction = min(step / max(total_steps, 1), 1.0)
+    if config.warmup_style == "nanogpt":
+        if step < warmup_steps:
+            return peak * step / warmup_steps
+        # The cosine starts where warmup ends and spans the remaining steps.
+        fraction = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
     if config.schedule == "constant":
         lr = peak
     elif config.schedule == "cosine":

@@ -63,6 +63,17 @@ from rotsweep.errors import UserError
 
 OPTIMIZERS = ("adamw", "adam-l2", "sgdm", "lion")
 
+ADAM_BETA2 = 0.999  # Appendix K: AdamW with β1 = 0.9, β2 = 0.999 unless stated
+# Lion's β2 everywhere in rotsweep (presets, `predict`, the random walk): 0.99, the value of
+# the official appx_J_2 scripts that produced Table 3 (epfml/REQ, timm Lion betas (0.9, 0.99)).
+# Appendix K says "β2 = 0.999 exclusively"; at 0.999 the random walk's rotation is 1.16× and
+# its norm 0.86× of Table 1 (see "When Table 1 holds" above), at 0.99 both within 1.5%.
+LION_BETA2 = 0.99
+
+# Table 1 holds while weight decay removes at most this fraction of the norm during the
+# momentum's memory (see `table1_warning`).
+MEMORY_DECAY_LIMIT = 0.1
+
 _INPUTS = {
     "dim": "C, the dimension of one weight vector",
     "grad_sq": "E‖g̃‖², the mean squared gradient norm of a unit-norm weight",
@@ -235,6 +246,44 @@ def diffusion_rates(optimizer, lr, weight_decay, *, dim=None, beta1=0.9, beta2=0
     return rates["tau_g"], rates["tau_r"]
 
 
+def default_beta2(optimizer: str) -> float:
+    """β2 when none is given: Lion's official 0.99 (LION_BETA2), else Adam's 0.999."""
+    return LION_BETA2 if optimizer == "lion" else ADAM_BETA2
+
+
+def momentum_memory(optimizer, *, beta1, beta2, momentum) -> float:
+    """Steps over which the optimizer keeps applying one step's gradient: 1/(1−β) of its momentum.
+
+    The gradient reaches the update through β1 for Adam (eq. 20), through α for
+    SGDM (eq. 45) and, for Lion, through m, an EMA with β2 (eq. 56).
+    """
+    beta = {"sgdm": momentum, "lion": beta2}.get(optimizer, beta1)
+    return 1 / (1 - beta)
+
+
+def table1_warning(optimizer, lr, weight_decay, *, beta1, beta2, momentum) -> str | None:
+    """Why Table 1 may not hold for these hyperparameters, or None.
+
+    Table 1 takes a gradient's whole update contribution u and the weight decay
+    d = ηλ at full size, i.e. it assumes the momentum has applied a gradient
+    before weight decay shrinks the weight noticeably. Over the momentum's
+    memory M = 1/(1−β) steps weight decay removes about ηλ·M of the norm. The
+    criterion ηλ·M > MEMORY_DECAY_LIMIT = 0.1 is where the measured random walk
+    (rotsweep.randomwalk) leaves Table 1 by more than a few percent: AdamW
+    ηλ·M = 0.01 → norm 0.6% under, 0.1 → 4-5% under; Lion ηλ·M = 0.05 (β2 = 0.99)
+    → within 1.5%, 0.5 (β2 = 0.999) → norm 14% under, rotation 16% over.
+    """
+    memory = momentum_memory(optimizer, beta1=beta1, beta2=beta2, momentum=momentum)
+    decayed = lr * weight_decay * memory
+    if decayed <= MEMORY_DECAY_LIMIT:
+        return None
+    name = {"sgdm": "momentum", "lion": "β2"}.get(optimizer, "β1")
+    return (f"Table 1 assumes the momentum forgets faster than weight decay shrinks the weight, but here "
+            f"ηλ·1/(1−{name}) = {decayed:.3g} > {MEMORY_DECAY_LIMIT} (a memory of {memory:.0f} steps): expect "
+            f"the norm below and the rotation above the prediction by several percent or more"
+            + ("; the official Lion runs use β2 = 0.99" if optimizer == "lion" and beta2 > LION_BETA2 else ""))
+
+
 def predict_cli(optimizer, *, lr, weight_decay, dim, beta1, beta2, momentum, grad_norm) -> dict:
     """Validate the flags of `rotsweep predict` and return `predict`'s dictionary.
 
@@ -245,10 +294,14 @@ def predict_cli(optimizer, *, lr, weight_decay, dim, beta1, beta2, momentum, gra
     What is required is what η̂_r needs: nothing beyond the hyperparameters for
     AdamW, SGDM and Lion, --dim and --grad-norm for Adam+ℓ2. Without --dim (AdamW,
     Lion) or --grad-norm (SGDM) the output has eta_r and tau_r only; --grad-norm
-    is ignored by AdamW and Lion and --dim by SGDM.
+    is ignored by AdamW and Lion and --dim by SGDM. beta2=None is `default_beta2`.
+    Where Table 1's assumption fails (`table1_warning`) the dictionary also has
+    a "warning".
     """
     if optimizer not in OPTIMIZERS:
         raise UserError(f"unknown --optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if beta2 is None:
+        beta2 = default_beta2(optimizer)
     if not lr > 0:
         raise UserError(f"--lr must be > 0, got {lr}")
     if not weight_decay > 0:
@@ -268,8 +321,10 @@ def predict_cli(optimizer, *, lr, weight_decay, dim, beta1, beta2, momentum, gra
             raise UserError("adam-l2 needs --dim (C, the fan-in of one neuron)")
     grad_sq = grad_norm**2 if optimizer == "sgdm" and grad_norm is not None else None
     grad_l1 = dim**0.5 * grad_norm if optimizer == "adam-l2" else None
-    return predict(optimizer, lr, weight_decay, dim=None if optimizer == "sgdm" else dim, beta1=beta1,
-                   beta2=beta2, momentum=momentum, grad_sq=grad_sq, grad_l1=grad_l1)
+    result = predict(optimizer, lr, weight_decay, dim=None if optimizer == "sgdm" else dim, beta1=beta1,
+                     beta2=beta2, momentum=momentum, grad_sq=grad_sq, grad_l1=grad_l1)
+    warning = table1_warning(optimizer, lr, weight_decay, beta1=beta1, beta2=beta2, momentum=momentum)
+    return result | ({"warning": warning} if warning else {})
 
 
 def transient(optimizer, lr, weight_decay, *, dim=None, norm0, steps=None, beta1=0.9, beta2=0.999,

@@ -32,6 +32,7 @@ from rotsweep import store
 from rotsweep.config import RunConfig
 from rotsweep.data import load_dataset
 from rotsweep.dynamics import DynamicsRecorder
+from rotsweep.errors import UserError
 from rotsweep.models import build_model, param_groups
 from rotsweep.optim import build_optimizer
 from rotsweep.schedule import learning_rate
@@ -123,9 +124,13 @@ class Trainer:
         self.log = log
 
         self.data = load_dataset(
-            config.dataset, data_dir=data_dir, seed=config.seed, val_split=config.val_split,
+            config.dataset, data_dir=data_dir, seed=config.seed if config.data_seed is None else config.data_seed,
+            val_split=config.val_split,
             device=str(device), block_size=config.block_size, **config.dataset_options,
         )
+        if config.eval_split not in self.data.eval_splits:
+            raise UserError(f"{config.dataset} has no {config.eval_split!r} split to evaluate on (it has: "
+                            f"{', '.join(self.data.eval_splits)}); add its file or set eval_split=val")
         micro_steps_per_epoch = self.data.steps_per_epoch(config.batch_size)
         self.lengths = Lengths.of(config, micro_steps_per_epoch // config.accumulation)
 
@@ -138,7 +143,7 @@ class Trainer:
         if config.channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(
-            config.optimizer, param_groups(self.model, config.weight_decay), lr=config.lr,
+            config.optimizer, param_groups(self.model, config.weight_decay, config.weight_decay_on), lr=config.lr,
             weight_decay=config.weight_decay, betas=(config.beta1, config.beta2),
             momentum=config.momentum, eps=config.eps, **rotational_options(config),
         )
@@ -209,8 +214,12 @@ class Trainer:
         loss_value = mean_loss.item()
         if not math.isfinite(loss_value):
             return loss_value
-        if config.grad_clip > 0:
+        # fp16: the gradients hold loss_scale × their value until unscaled. Unscale once, before
+        # clipping and before the recorder reads them; scaler.step then does not unscale again.
+        # A step whose gradients overflowed is skipped by scaler.step (and recorded as inf/nan).
+        if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
+        if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
         recording = self.recorder is not None and self.recorder.should_record(self.step)
         if recording:
@@ -270,7 +279,9 @@ class Trainer:
     def evaluate(self) -> None:
         self.model.eval()
         loss_sum, correct, count = 0.0, 0, 0
-        for inputs, targets in self.data.eval_batches(self.config.batch_size, max_batches=self.config.eval_batches):
+        batches = self.data.eval_batches(
+            self.config.batch_size, split=self.config.eval_split, max_batches=self.config.eval_batches)
+        for inputs, targets in batches:
             with self.autocast():
                 logits = self.forward(inputs)
             logits = logits.reshape(-1, logits.shape[-1]).float()

@@ -28,16 +28,17 @@ def close_set(values):
     return {float(f"{v:.12g}") for v in values}
 
 
-# --- the paper grids (official-code-facts.md §4) ----------------------------------------------
+# --- the paper grids (epfml/REQ experiment scripts) ----------------------------------------------
 
 
-def test_warmup_gpt2_is_the_28_runs_of_figure_5():
+def test_warmup_gpt2_is_the_28_runs_of_figure_5_plus_the_rv_at_64x():
     runs = get_experiment("warmup").runs("gpt2")
-    assert len(runs) == 28
+    assert len(runs) == 28 + 2  # epfml/REQ 5_2 warmup: the RV also runs 6e-4·64, with and without warmup
     lrs = [6e-4 * 2**i for i in range(-1, 6)]
-    assert close_set(r.lr for r in runs) == close_set(lrs)
+    assert close_set(r.lr for r in runs if not r.rotational) == close_set(lrs)
+    assert close_set(r.lr for r in runs if r.rotational) == close_set(lrs + [6e-4 * 64])
     cells = Counter((r.rotational, r.warmup_steps, round(r.lr, 12)) for r in runs)
-    assert set(cells.values()) == {1} and len(cells) == 2 * 2 * 7
+    assert set(cells.values()) == {1} and len(cells) == 2 * 7 + 2 * 8
     assert {r.warmup_steps for r in runs} == {250, 0}
     for r in runs:
         assert (r.dataset, r.optimizer, r.steps, r.weight_decay, r.seed) == ("openwebtext", "adamw", 5000, 0.1, 1337)
@@ -120,7 +121,7 @@ def test_imbalance_grids_as_in_the_official_scripts():
     wd7 = close_set(0.01 * 2**k for k in range(-3, 4))
 
     def weight_decays(mode, portion, factor):
-        return close_set(r.weight_decay for r in runs if not r.model_options and
+        return close_set(r.weight_decay for r in runs if "width" not in r.model_options and
                          (r.imbalance_mode, r.imbalance_portion, r.imbalance_factor) == (mode, portion, factor))
 
     for portion in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5):
@@ -132,7 +133,7 @@ def test_imbalance_grids_as_in_the_official_scripts():
             assert weight_decays(mode, 0.5, factor) == wd13
     widths = {}
     for r in runs:
-        if r.model_options:
+        if "width" in r.model_options:
             widths.setdefault(r.model_options["width"], set()).add(r.weight_decay)
             assert (r.imbalance_portion, r.imbalance_factor) == (0.0, 1.0)  # balanced
     assert set(widths) == {57, 51, 44, 38, 32} and all(close_set(w) == wd7 for w in widths.values())
@@ -150,7 +151,8 @@ def test_zero_shot_pairs_every_baseline_with_its_rv():
         for base in baselines:
             rv = base.replace(rotational=True, gain=base.model == "gpt2")
             assert rv.run_id in {r.run_id for r in runs}, f"no zero-shot RV for {base}"
-        assert {r.seed for r in runs} == ({0} if model == "resnet50" else {0, 1, 2})
+        # Table 2's OpenWebText rows ran with seeds 42-44 (epfml/REQ 5_1_B gpt2_owt.py).
+        assert {r.seed for r in runs} == {"resnet50": {0}, "resnet20": {0, 1, 2}, "gpt2": {0, 1, 2, 42, 43, 44}}[model]
     few_shot = {(r.optimizer, r.batch_size, r.weight_decay) for r in exp.runs("resnet20", seeds=[0])
                 if r.rotational and r.weight_decay not in (1e-4, 1e-2, 1.0)}
     assert few_shot == {("adamw", 2048, 0.08), ("lion", 2048, 2.0)}  # Tables 2 and 3
@@ -217,7 +219,7 @@ def test_axes_list_numbers_ascending_and_settings_in_order():
     assert axes["lr"] == [3e-5, 9e-5, 2.7e-4, 8.3e-4, 2.5e-3, 5e-3, 1e-2, 3e-2, 9e-2, 0.27, 0.81]
     assert get_experiment("warmup").axes("gpt2") == {
         "optimizer": ["AdamW", "RV-AdamW"], "warmup": ["250 steps", "none"],
-        "lr": [0.0003, 0.0006, 0.0012, 0.0024, 0.0048, 0.0096, 0.0192],
+        "lr": [0.0003, 0.0006, 0.0012, 0.0024, 0.0048, 0.0096, 0.0192, 0.0384],
     }
 
 
@@ -233,7 +235,7 @@ def test_describe_experiments_matches_runs_and_is_json():
                 grid = entry["per_model"][model][scale]
                 assert grid["runs"] == len(exp.runs(model, scale))
                 assert grid["axes"] == exp.axes(model, scale)
-                assert grid["runs"] == len(exp.runs(model, scale, seeds=grid["seeds"]))
+                assert set(grid["seeds"]) == {r.seed for r in exp.runs(model, scale)}
 
 
 # --- bad input ------------------------------------------------------------------------------

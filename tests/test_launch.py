@@ -86,23 +86,24 @@ def test_dry_run_shows_the_paper_warmup_grid_and_writes_nothing(tmp_path):
     sweep = tmp_path / "warmup"
     report = launch_json("warmup", "--model", "gpt2", "--dry-run", "--out", sweep)
     assert (report["experiment"], report["model"], report["scale"]) == ("warmup", "gpt2", "paper")
-    assert report["to_submit"] == len(report["runs"]) == 28 and report["already_done"] == 0
+    # Figure 5's 28 runs and the RV's extra lr 6e-4·64 of the official script, with and without warmup.
+    assert report["to_submit"] == len(report["runs"]) == 30 and report["already_done"] == 0
     configs = [run["config"] for run in report["runs"]]
-    assert sorted({c["lr"] for c in configs}) == pytest.approx([6e-4 * 2**i for i in range(-1, 6)])
+    assert sorted({c["lr"] for c in configs}) == pytest.approx([6e-4 * 2**i for i in range(-1, 7)])
     assert {(c["optimizer"], c["rotational"], c["warmup_steps"]) for c in configs} == {
         ("adamw", False, 250), ("adamw", False, 0), ("adamw", True, 250), ("adamw", True, 0)}
-    assert len({run["run_id"] for run in report["runs"]}) == 28
+    assert len({run["run_id"] for run in report["runs"]}) == 30
     header = report["sbatch_header"]
-    assert "#SBATCH --array=0-27%16" in header and "#SBATCH --constraint=a100" in header
+    assert "#SBATCH --array=0-29%16" in header and "#SBATCH --constraint=a100" in header
     assert "#SBATCH --gpus-per-node=1" in header
-    assert report["gpu_hours"] == pytest.approx(28 * 4.0, rel=0.01)  # Table 4: 4 h per OpenWebText run
+    assert report["gpu_hours"] == pytest.approx(30 * 4.0, rel=0.01)  # Table 4: 4 h per OpenWebText run
     assert not sweep.exists()
 
 
 def test_human_dry_run_lists_runs_and_header():
     result = cli("launch", "warmup", "--model", "gpt2", "--dry-run")
     assert result.exit_code == 0, result.output
-    assert "runs: 28 (28 to submit, 0 already finished)" in result.output
+    assert "runs: 30 (30 to submit, 0 already finished)" in result.output
     assert "sbatch header:" in result.output and "dry run: nothing was submitted" in result.output
 
 

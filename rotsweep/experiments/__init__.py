@@ -1,7 +1,7 @@
 """The paper's experiments as grids of RunConfigs, at paper scale and at tiny scale.
 
     exp = get_experiment("warmup")
-    exp.runs("gpt2")                 # the 28 runs of Figure 5 (Middle)
+    exp.runs("gpt2")                 # the 30 runs of Figure 5 (Middle)
     exp.runs("gpt2", scale="tiny")   # the same axes, fewer points, on a CPU
     exp.axes("gpt2", "paper")        # {"optimizer": ["AdamW", "RV-AdamW"],
                                      #  "warmup": ["250 steps", "none"], "lr": [3e-4, ...]}
@@ -14,8 +14,13 @@ products of axes (`product`); where the paper's grid is not one (Adam+ℓ2 and
 AdamW sweep different weight decays, Figure 16 has five sub-grids) a sweep's
 points are the concatenation of several products.
 
-Paper scale uses the exact values of the official scripts
-(shared/reference/official-code-facts.md §4). Tiny scale keeps every axis
+Paper scale uses the exact values of the official scripts (epfml/REQ,
+experiments/…). Where the paper's text and those scripts disagree, the
+scripts win (they produced the paper's numbers), and the experiment's
+docstring records the disagreement. Every paper sweep carries, for each
+RunConfig field its runs set away from the default, where the value comes
+from (`Sweep.sources`, shown by `rotsweep experiments --json`), so a recipe
+can be audited without reading code. Tiny scale keeps every axis
 that carries a comparison of the paper (optimizer vs its rotational variant,
 warmup on/off, WS on/off, ...) with fewer points, the tiny models and the
 synthetic data sets, so that each experiment runs in minutes on two cores.
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rotsweep.config import RunConfig
@@ -74,10 +79,30 @@ def choice(name: str, options: Mapping[str, dict]) -> Axis:
 
 @dataclass(frozen=True)
 class Point:
-    """One grid point: its position on the axes, and the RunConfig fields it sets."""
+    """One grid point: its position on the axes, and the RunConfig fields it sets.
+
+    seeds: the point's default seeds where the official scripts ran it with other
+    seeds than the rest of its sweep (e.g. the OpenWebText rows of Table 2: 42-44).
+    """
 
     labels: dict
     changes: dict
+    seeds: tuple[int, ...] | None = None
+
+
+def sources(*parts: Mapping[str, str]) -> dict[str, str]:
+    """Merge {field: where its value comes from} dicts; a field cited differently keeps every citation."""
+    merged: dict[str, list[str]] = {}
+    for part in parts:
+        for name, source in part.items():
+            if source not in merged.setdefault(name, []):
+                merged[name].append(source)
+    return {name: " | ".join(texts) for name, texts in merged.items()}
+
+
+def with_seeds(points: list[Point], seeds: tuple[int, ...]) -> list[Point]:
+    """The same points, run by default with `seeds` instead of their sweep's."""
+    return [Point(point.labels, point.changes, tuple(seeds)) for point in points]
 
 
 def product(*axes: Axis) -> list[Point]:
@@ -94,27 +119,47 @@ def product(*axes: Axis) -> list[Point]:
 
 @dataclass(frozen=True)
 class Sweep:
-    """One model at one scale: a base configuration, the points swept over it, the default seeds."""
+    """One model at one scale: a base configuration, the points swept over it, the default seeds.
+
+    sources: for paper sweeps, where each RunConfig field that the runs set away
+    from its default comes from (paper section / table / figure, official script).
+    """
 
     base: dict
     points: list[Point]
     seeds: tuple[int, ...]
+    sources: dict[str, str] = field(default_factory=dict)
 
     def runs(self, seeds: Sequence[int] | None = None) -> list[RunConfig]:
         """One RunConfig per seed and point (seed outermost, so that a partial sweep holds whole grids).
 
-        Duplicates (two points that make the same configuration) are removed,
-        keeping the first: a run is its RunConfig.
+        seeds=None runs every point with its default seeds (its own, else the
+        sweep's); given seeds replace them for every point. Duplicates (two
+        points that make the same configuration) are removed, keeping the
+        first: a run is its RunConfig.
         """
-        seeds = self.seeds if seeds is None else tuple(seeds)
-        if not seeds:
+        if seeds is not None and not tuple(seeds):
             raise UserError("no seeds given: the sweep would be empty; pass at least one, e.g. --seeds 0")
+        point_seeds = [tuple(seeds) if seeds is not None else (point.seeds or self.seeds) for point in self.points]
         runs: dict[str, RunConfig] = {}
-        for seed in seeds:
-            for point in self.points:
-                config = RunConfig.from_dict({**self.base, **point.changes, "seed": seed})
-                runs.setdefault(config.run_id, config)
+        for k in range(max(map(len, point_seeds), default=0)):
+            for point, its_seeds in zip(self.points, point_seeds):
+                if k < len(its_seeds):
+                    config = RunConfig.from_dict({**self.base, **point.changes, "seed": its_seeds[k]})
+                    runs.setdefault(config.run_id, config)
         return list(runs.values())
+
+    def default_seeds(self) -> list[int]:
+        """Every seed some point runs with by default, in order of first use."""
+        return list(dict.fromkeys(seed for point in self.points for seed in (point.seeds or self.seeds)))
+
+    def non_default_fields(self) -> list[str]:
+        """The RunConfig fields (other than seed) that some default run sets away from the field's default."""
+        defaults = RunConfig(steps=1).to_dict()
+        defaults["steps"] = None  # a RunConfig needs a length; the field's own default is None
+        names = {name for config in self.runs() for name, value in config.to_dict().items()
+                 if value != defaults[name]}
+        return sorted(names - {"seed"})
 
     def axes(self) -> dict[str, list]:
         """The values each axis takes: numbers ascending, named settings in the order declared."""
@@ -200,8 +245,10 @@ def describe_experiments() -> list[dict]:
             model: {
                 scale: {
                     "axes": sweep.axes(),
-                    "seeds": list(sweep.seeds),
+                    "seeds": sweep.default_seeds(),
                     "runs": len(sweep.runs()),
+                    **({"sources": {name: sweep.sources.get(name, "MISSING")
+                                    for name in ["seed", *sweep.non_default_fields()]}} if scale == "paper" else {}),
                 }
                 for scale, sweep in scales.items()
             }

@@ -11,13 +11,15 @@ records per-layer rotation (Figure 6 Right, the best run of each).
 Paper scale (official 5_3_adam_vs_adamw): post-activation ResNet-18 on a
 90/10 split of CIFAR-10, batch 256, 200 epochs, cosine without warmup;
 lr = 0.2·2^i for i = −10..0; Adam+ℓ2 λ ∈ {0} ∪ 1e-3·2^i (i = −5..4),
-121 runs; AdamW λ ∈ {0} ∪ 1e-2·2^i (i = −2..9), 143 runs.
+121 runs; AdamW λ ∈ {0} ∪ 1e-2·2^i (i = −2..9), 143 runs. The official split
+seed is 0, the same as the one training seed, so the default data_seed (the
+run seed) gives the official split; with other --seeds, set data_seed=0.
 """
 
 from __future__ import annotations
 
 from rotsweep.experiments import TINY_FULL_EVAL, Experiment, Sweep, axis, choice, product
-from rotsweep.presets import PRESETS
+from rotsweep.presets import PAPER_PRESET_SOURCES, PRESETS
 
 ADAM_L2 = {"optimizer": "adam-l2"}
 ADAMW = {"optimizer": "adamw"}
@@ -37,6 +39,17 @@ PAPER = Sweep(
                  axis("weight_decay", ADAMW_WEIGHT_DECAYS)),
     ],
     seeds=(0,),
+    sources=PAPER_PRESET_SOURCES["c10-resnet20-adamw-b128"] | {
+        "seed": "epfml/REQ 5_3_adam_vs_adamw: seed 0 (its split seed is 0 too, so `data_seed` is left to follow it)",
+        "model": "Appendix K: ResNet-18 (epfml/REQ 5_3: cifar_resnet ResNet-18)",
+        "model_options": "epfml/REQ 5_3: pre_activation=False (the only post-activation ResNet-18 of the paper)",
+        "val_split": "Appendix K: 90/10 train/val split (epfml/REQ 5_3 --val-split train[0.9:]-0)",
+        "batch_size": "epfml/REQ 5_3: batch 256",
+        "warmup_epochs": "Appendix K: 200 epochs without warmup",
+        "optimizer": "Figure 6: Adam+ℓ2 (torch Adam, ℓ2 on the decay group) and AdamW",
+        "lr": "epfml/REQ 5_3 grid: lr = 0.2·2^i, i = −10..0",
+        "weight_decay": "epfml/REQ 5_3 grid: Adam+ℓ2 {0} ∪ 1e-3·2^i (i = −5..4); AdamW {0} ∪ 1e-2·2^i (i = −2..9)",
+    },
 )
 
 # Tiny: a 3 × 3 heatmap per optimizer. The AdamW λ are a hundred times the

@@ -31,6 +31,7 @@ class _Model:
 
 
 _RESNET_OPTIONS = ("width", "pre_activation")
+_RESNET18_OPTIONS = (*_RESNET_OPTIONS, "shortcut_norm")
 
 _MODELS: dict[str, _Model] = {
     "resnet20": _Model(
@@ -41,12 +42,13 @@ _MODELS: dict[str, _Model] = {
     "resnet18": _Model(
         resnet.resnet18, "image",
         "ResNet-18 for CIFAR: 3x3 stem, BasicBlocks [2,2,2,2], widths 64-512, BatchNorm; "
-        "pre-activation unless pre_activation=False", "width 8, one block per stage", _RESNET_OPTIONS,
+        "pre-activation unless pre_activation=False; shortcut_norm=True: the official cifar_resnet's "
+        "projection shortcut (own norm, no ReLU)", "width 8, one block per stage", _RESNET18_OPTIONS,
     ),
     "resnet18-ln": _Model(
         resnet.resnet18_ln, "image",
         "ResNet-18 for CIFAR with LayerNorm (GroupNorm, 1 group) for every BatchNorm; pre-activation "
-        "unless pre_activation=False", "width 8, one block per stage", _RESNET_OPTIONS,
+        "unless pre_activation=False; shortcut_norm as for resnet18", "width 8, one block per stage", _RESNET18_OPTIONS,
     ),
     "resnet50": _Model(
         resnet.resnet50, "image",
@@ -70,7 +72,7 @@ MODEL_NAMES = tuple(_MODELS)
 
 def _check_option(model: str, name: str, value: Any) -> None:
     """Raise UserError unless `value` is a valid value of the keyword option `name`."""
-    if name == "pre_activation":
+    if name in ("pre_activation", "shortcut_norm"):
         valid = isinstance(value, bool)
         expected = "true or false"
     elif name == "width":
@@ -149,18 +151,36 @@ def describe_models(tiny: bool = False) -> list[dict]:
     return described
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two optimizer groups: weight decay on every ≥2-D weight (conv, linear, embedding), 0 on the rest.
+WEIGHT_DECAY_RULES = ("matrices", "linear")
 
-    Biases, norm affine parameters and gains are 1-D: they get no weight decay,
-    and the rotational optimizers leave them non-rotational (official rule:
+
+def param_groups(model: nn.Module, weight_decay: float, decay_on: str = "matrices") -> list[dict]:
+    """Two optimizer groups: the decayed tensors with `weight_decay`, the rest with 0.
+
+    decay_on picks the decayed tensors, as the paper's code bases do:
+    - "matrices": every tensor with ndim >= 2 (conv, linear and embedding weights;
+      timm and nanoGPT, including GPT's tied wte/lm_head and wpe);
+    - "linear": the weights of Linear layers, except one tied to an embedding
+      (llm_baselines' GPT-2, used for the Wikitext runs: its optimizer groups put
+      nn.Linear weights in the decay set, then remove lm_head.weight, which is wte;
+      embeddings and LayerNorms get λ = 0).
+    Biases, norm affine parameters and gains are never decayed. The rotational
+    optimizers make exactly the decayed tensors rotational (official rule:
     rotational iff weight_decay != 0 and dim > 1). Each tensor appears once,
     even when it is shared (GPT's tied embedding).
     """
     if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
         raise UserError(f"weight_decay={weight_decay!r} is invalid, expected a number >= 0")
+    if decay_on not in WEIGHT_DECAY_RULES:
+        raise UserError(f"weight_decay_on={decay_on!r} is invalid, expected one of {', '.join(WEIGHT_DECAY_RULES)}")
+    if decay_on == "matrices":
+        decayed = {id(p) for p in model.parameters() if p.dim() >= 2}
+    else:
+        linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+        embedding = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        decayed = linear - embedding
     decay, no_decay = [], []
     for param in model.parameters():
-        (decay if param.dim() >= 2 else no_decay).append(param)
+        (decay if id(param) in decayed else no_decay).append(param)
     groups = [dict(params=decay, weight_decay=float(weight_decay)), dict(params=no_decay, weight_decay=0.0)]
     return [group for group in groups if group["params"]]

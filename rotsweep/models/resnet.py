@@ -10,12 +10,15 @@ each paired with a normalisation layer:
     pre-activation  (He et al. 2016b):  y = shortcut(x̃) + C_k(relu(N_k(… C_2(relu(N_2(C_1(x̃))))))),
                                         x̃ = relu(N_1(x)), the identity shortcut takes x itself
 
-The shortcut is the identity, or a strided 1×1 conv (+ norm when
-post-activation) when the shape changes. Pre-activation nets end with a final
-norm + ReLU before pooling.
+The shortcut is the identity, or a strided 1×1 conv when the shape changes:
+post-activation N_sc(C_sc(x)); pre-activation C_sc(x̃) as in timm's ResNetV2
+(resnetv2_50), or with shortcut_norm=True C_sc(N_sc(x)), its own norm and no
+ReLU, as in the official cifar_resnet (epfml/REQ timm/models/cifar_resnet.py,
+the pre-activation ResNet-18 of Figures 7 and 16). Pre-activation nets end
+with a final norm + ReLU before pooling.
 
-Which variant each experiment of the paper used (official code, see
-shared/reference/official-code-facts.md §3, §4): ResNet-20 is post-activation;
+Which variant each experiment of the paper used (official code, epfml/REQ
+cifar_resnet and the experiment scripts): ResNet-20 is post-activation;
 ResNet-18 is pre-activation in the weight-standardization (Fig. 7) and
 imbalance (Fig. 16) runs and post-activation in Adam vs AdamW (Fig. 6);
 ResNet-50 is timm/torchvision's post-activation v1.5 (stride in the 3×3 conv)
@@ -38,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rotsweep.errors import UserError
 from rotsweep.models import norms
 
 
@@ -50,6 +54,7 @@ class ResNetConfig:
     stem: str  # "cifar": 3×3 conv | "imagenet": 7×7 conv stride 2, then 3×3 max-pool stride 2
     normalization: str = "batch"  # "batch" | "layer" (GroupNorm with one group)
     pre_activation: bool = False
+    shortcut_norm: bool = False  # pre-activation projection C_sc(N_sc(x)) instead of C_sc(relu(N_1(x)))
     weight_standardization: bool = False
     gain: bool = False
 
@@ -69,6 +74,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ResNetConfig, c_in: int, planes: int, stride: int):
         super().__init__()
         self.pre_activation = cfg.pre_activation
+        self.shortcut_norm = cfg.shortcut_norm
         if cfg.block == "basic":
             c_out = planes
             shapes = [(c_in, planes, 3, stride), (planes, planes, 3, 1)]
@@ -83,12 +89,14 @@ class Block(nn.Module):
             projection = [conv(cfg, c_in, c_out, 1, stride)]
             if not self.pre_activation:
                 projection.append(norm(cfg, c_out))
+            elif cfg.shortcut_norm:
+                projection.insert(0, norm(cfg, c_in))
             self.shortcut = nn.Sequential(*projection)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre_activation:
             pre = F.relu(self.norms[0](x))
-            skip = x if self.shortcut is None else self.shortcut(pre)
+            skip = x if self.shortcut is None else self.shortcut(x if self.shortcut_norm else pre)
             x = self.convs[0](pre)
             for conv_i, norm_i in zip(self.convs[1:], self.norms[1:]):
                 x = conv_i(F.relu(norm_i(x)))
@@ -147,10 +155,15 @@ def resnet20(num_classes: int = 10, *, tiny: bool = False, width: int | None = N
 
 
 def resnet18(num_classes: int = 10, *, tiny: bool = False, width: int | None = None,
-             pre_activation: bool = True, normalization: str = "batch", **weight_options) -> ResNet:
+             pre_activation: bool = True, shortcut_norm: bool = False, normalization: str = "batch",
+             **weight_options) -> ResNet:
+    if shortcut_norm and not pre_activation:
+        raise UserError("resnet18: shortcut_norm=True is a pre-activation variant; "
+                        "post-activation shortcuts already have their own norm")
     return ResNet(ResNetConfig(
         "basic", (1, 1, 1, 1) if tiny else (2, 2, 2, 2), width or (8 if tiny else 64), num_classes, "cifar",
-        normalization=normalization, pre_activation=pre_activation, **weight_options,
+        normalization=normalization, pre_activation=pre_activation, shortcut_norm=shortcut_norm,
+        **weight_options,
     ))
 
 
