@@ -1,7 +1,7 @@
 """Named run configurations: the paper's recipes (Table 4, Appendix K) and tiny CPU versions.
 
 Paper presets reproduce the recipes of the paper's Table 4 and the figure
-details of Appendix K (see also shared/reference/official-code-facts.md §4).
+details of Appendix K, as the official code (epfml/REQ, experiments/) runs them.
 Tiny presets keep the code path (same models, optimizers, schedules,
 measurements) but use a small model and a synthetic data set, so that a run
 finishes in seconds to a minute on two CPU cores.

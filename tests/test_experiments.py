@@ -28,7 +28,7 @@ def close_set(values):
     return {float(f"{v:.12g}") for v in values}
 
 
-# --- the paper grids (official-code-facts.md §4) ----------------------------------------------
+# --- the paper grids (epfml/REQ, experiments/) -------------------------------------------------
 
 
 def test_warmup_gpt2_is_the_28_runs_of_figure_5():

@@ -10,7 +10,7 @@ The whole set (150 MB) lives on the device as one uint8 tensor, as in
 airbench: a batch is an index into it, and augmentation and normalisation are
 a few tensor operations on the batch, never a Python loop over images.
 
-The recipe is the paper's (timm's CIFAR setup, official-code-facts.md §4 "C10"):
+The recipe is the paper's (the vendored timm train.py of epfml/REQ, CIFAR-10 runs):
 - augmentation: pad 4 pixels with zeros, take a random 32×32 crop, flip
   horizontally with probability 1/2 (torchvision's RandomCrop(32, padding=4)
   and RandomHorizontalFlip);

@@ -5,8 +5,8 @@ The official validation archive is flat; sort it into class folders first
 (the usual valprep.sh does this). Classes are the sorted folder names of
 train/; val/ must use the same names.
 
-The recipe is the paper's (timm's ResNet-50 setup, official-code-facts.md §4
-"RN50-I1K"):
+The recipe is the paper's (the vendored timm train.py of epfml/REQ,
+ResNet-50 ImageNet runs):
 - training: RandomResizedCrop to 224 (area scale 0.08–1, aspect ratio 3/4–4/3,
   bilinear) and a horizontal flip with probability 1/2;
 - evaluation: resize the shorter side to 256, centre crop 224;

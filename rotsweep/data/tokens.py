@@ -4,7 +4,7 @@ A data set is a directory with train.bin and val.bin (and test.bin for
 Wikitext): flat arrays of uint16 token ids, GPT-2 BPE unless a meta.json
 beside them says otherwise. This is the format of nanoGPT's
 data/openwebtext/prepare.py and of llm_baselines' Wikitext-103 (the paper's
-OWT and WIKI recipes, official-code-facts.md §4), so files made by either can
+OpenWebText and Wikitext recipes in epfml/REQ), so files made by either can
 be used as they are. The files are memory-mapped, never read whole.
 
 A training batch is `batch_size` windows of block_size + 1 tokens at random

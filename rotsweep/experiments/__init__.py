@@ -14,8 +14,8 @@ products of axes (`product`); where the paper's grid is not one (Adam+ℓ2 and
 AdamW sweep different weight decays, Figure 16 has five sub-grids) a sweep's
 points are the concatenation of several products.
 
-Paper scale uses the exact values of the official scripts
-(shared/reference/official-code-facts.md §4). Tiny scale keeps every axis
+Paper scale uses the exact values of the official scripts (epfml/REQ,
+experiments/, one folder per section of the paper). Tiny scale keeps every axis
 that carries a comparison of the paper (optimizer vs its rotational variant,
 warmup on/off, WS on/off, ...) with fewer points, the tiny models and the
 synthetic data sets, so that each experiment runs in minutes on two cores.

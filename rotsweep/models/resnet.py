@@ -14,8 +14,8 @@ The shortcut is the identity, or a strided 1×1 conv (+ norm when
 post-activation) when the shape changes. Pre-activation nets end with a final
 norm + ReLU before pooling.
 
-Which variant each experiment of the paper used (official code, see
-shared/reference/official-code-facts.md §3, §4): ResNet-20 is post-activation;
+Which variant each experiment of the paper used (official code: epfml/REQ,
+its cifar_resnet.py and the experiments' scripts): ResNet-20 is post-activation;
 ResNet-18 is pre-activation in the weight-standardization (Fig. 7) and
 imbalance (Fig. 16) runs and post-activation in Adam vs AdamW (Fig. 6);
 ResNet-50 is timm/torchvision's post-activation v1.5 (stride in the 3×3 conv)
