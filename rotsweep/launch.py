@@ -18,7 +18,12 @@ the scheduler says of its job (one sacct call for the whole sweep):
 
 Local execution uses the same code path: submitit's LocalExecutor starts every
 job at once, so runs are packed into at most `max_parallel` jobs that each
-work through their runs one after the other.
+work through their runs one after the other. A local job is a process,
+known by its PID and its start time (a PID alone may have been reused).
+
+Launches and cancels of one sweep take turns under a lock on a file in the
+sweep (sweep_lock): a launch plans again once it holds the lock, so a run is
+submitted by one launch only, and no launch loses another's manifest entries.
 """
 
 from __future__ import annotations
@@ -153,14 +158,16 @@ def parse_job_states(text: str, separator: str) -> dict[str, str]:
     return states
 
 
-def local_job_states(jobs: list[dict]) -> dict[str, str]:
+def local_job_state(job: dict) -> str:
     """Local jobs are processes: RUNNING while the job's own process lives, COMPLETED afterwards.
 
     A PID alone does not name a process: once the job ends, the kernel hands its
-    PID to some later process. A job therefore counts as running only while
-    its PID belongs to the process recorded at submission (see is_job_process).
+    PID to some later process, even to a later job of the same sweep. A job
+    therefore counts as running only while its PID belongs to the process
+    recorded at submission (see is_job_process), and each manifest entry is
+    judged on its own rather than by PID.
     """
-    return {job["job_id"]: "RUNNING" if is_job_process(job) else "COMPLETED" for job in jobs}
+    return "RUNNING" if is_job_process(job) else "COMPLETED"
 
 
 def process_alive(pid: int) -> bool:
@@ -246,12 +253,10 @@ def signal_job_process(job: dict, signum: int) -> bool:
 
 def job_states(jobs: dict[str, dict]) -> dict[str, str]:
     """{run_id: job state} for the runs in a manifest's `jobs` table."""
-    slurm_ids = [job["job_id"] for job in jobs.values() if job["executor"] == "slurm"]
-    local_jobs = [job for job in jobs.values() if job["executor"] == "local"]
-    states = {**slurm_job_states(slurm_ids), **local_job_states(local_jobs)}
+    slurm_states = slurm_job_states([job["job_id"] for job in jobs.values() if job["executor"] == "slurm"])
     result = {}
     for run_id, job in jobs.items():
-        state = states.get(job["job_id"])
+        state = local_job_state(job) if job["executor"] == "local" else slurm_states.get(job["job_id"])
         if job.get("cancelled") and state in (None, "COMPLETED"):
             state = "CANCELLED"  # local jobs: we killed the process ourselves
         result[run_id] = state

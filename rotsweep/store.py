@@ -74,7 +74,8 @@ def write_parquet(path: str | os.PathLike, table: pd.DataFrame | pa.Table) -> No
 #   SWEEP/manifest.json                what the sweep is: experiment, scale, grid, run_ids, jobs
 #   SWEEP/runs/<run_id>/config.json    one directory per run (see rotsweep.train)
 #   SWEEP/launch.lock                  flock'ed by a launch or cancel while it plans and writes the manifest
-#   SWEEP/jobs/                        submitit's folder: submission scripts, pickles, job logs
+#   SWEEP/jobs/                        submitit's folder: submission scripts, pickles, job logs,
+#                                      local-controllers.log (output of local jobs' controllers)
 #   SWEEP/results/*.parquet            written by `rotsweep gather`
 #   SWEEP/figures/*.png|pdf            written by `rotsweep plot`
 

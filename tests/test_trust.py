@@ -186,6 +186,10 @@ def test_process_start_tells_processes_apart():
         assert identity and identity == launch.process_start(first.pid)
         assert launch.is_job_process({"job_id": str(first.pid), "process": identity})
         assert not launch.is_job_process({"job_id": str(first.pid), "process": identity + "0"})
+        # One PID in two manifest entries (an old job's, and a later job's that got the PID again).
+        jobs = {"old": {"job_id": str(first.pid), "executor": "local", "process": identity + "0"},
+                "new": {"job_id": str(first.pid), "executor": "local", "process": identity}}
+        assert launch.job_states(jobs) == {"old": "COMPLETED", "new": "RUNNING"}
         assert not launch.signal_job_process({"job_id": str(first.pid), "process": identity + "0"}, signal.SIGTERM)
         assert first.poll() is None
         assert launch.signal_job_process({"job_id": str(first.pid), "process": identity}, signal.SIGTERM)
@@ -352,7 +356,7 @@ def test_the_dry_run_header_is_what_submitit_submits(tmp_path):
         scripts = list(store.jobs_dir(sweep).glob("*_submission.sh"))
         assert len(scripts) == 1, scripts
         submitted = [line for line in scripts[0].read_text().splitlines() if line.startswith("#SBATCH")]
-        assert header.splitlines() == submitted
+        assert header.splitlines() == submitted and f"#SBATCH --array=0-{RUNS - 1}%2" in submitted
     finally:
         launch.cancel(sweep)
 
