@@ -10,7 +10,7 @@ For each, interleaved in one run, the median over repetitions of:
   official the official DynamicsLogger's way: clone every parameter and
            deep-copy the optimizer state before the step, then per-parameter
            norms, grad norms, relative and angular (acos) updates and the mean
-           second moment, per neuron and per layer (official-code-facts.md §2)
+           second moment, per neuron and per layer (epfml/REQ, shared/utils/logger.py)
 
 Target: recorder / AdamW <= 1.0. Run: .venv/bin/python benchmarks/bench_dynamics.py
 (on a busy machine also: --threads 1 --clock cpu).

@@ -21,7 +21,7 @@ Usage, every optimizer step (the recorder does nothing on steps it skips):
     rec.after_step(step)         # compares ω_t+1 with the copy
     rec.drain()                  # now and then: a DataFrame of the rows so far
 
-Rows follow DESIGN.md's dynamics table, without its run_id column: step, param,
+Rows follow the dynamics table of docs/architecture.md, without its run_id column: step, param,
 stat, reduction, neuron, value. A weight is a parameter with
 ndim >= 2; its neurons are the rows of weight.flatten(1) (output channels).
 
@@ -39,7 +39,7 @@ Table 1's norm predictions need. Each stat gives these rows per recorded step:
 
     reduction   neuron   value
     layer       -1       the whole-tensor value (right column above); this
-                         reduction is not in DESIGN.md's list, it is added here
+                         reduction is rotsweep's addition to the per-neuron ones
     mean, rms,  -1       mean, sqrt(mean of squares), population std (so that
     std, min,            rms² = mean² + std²), min and max over the neurons
     max

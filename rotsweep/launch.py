@@ -18,12 +18,18 @@ the scheduler says of its job (one sacct call for the whole sweep):
 
 Local execution uses the same code path: submitit's LocalExecutor starts every
 job at once, so runs are packed into at most `max_parallel` jobs that each
-work through their runs one after the other.
+work through their runs one after the other. A local job is a process,
+known by its PID and its start time (a PID alone may have been reused).
+
+Launches and cancels of one sweep take turns under a lock on a file in the
+sweep (sweep_lock): a launch plans again once it holds the lock, so a run is
+submitted by one launch only, and no launch loses another's manifest entries.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import math
@@ -152,9 +158,16 @@ def parse_job_states(text: str, separator: str) -> dict[str, str]:
     return states
 
 
-def local_job_states(job_ids: list[str]) -> dict[str, str]:
-    """Local jobs are processes: RUNNING while the PID lives, COMPLETED afterwards."""
-    return {job_id: "RUNNING" if process_alive(int(job_id)) else "COMPLETED" for job_id in job_ids}
+def local_job_state(job: dict) -> str:
+    """Local jobs are processes: RUNNING while the job's own process lives, COMPLETED afterwards.
+
+    A PID alone does not name a process: once the job ends, the kernel hands its
+    PID to some later process, even to a later job of the same sweep. A job
+    therefore counts as running only while its PID belongs to the process
+    recorded at submission (see is_job_process), and each manifest entry is
+    judged on its own rather than by PID.
+    """
+    return "RUNNING" if is_job_process(job) else "COMPLETED"
 
 
 def process_alive(pid: int) -> bool:
@@ -175,15 +188,75 @@ def process_alive(pid: int) -> bool:
         return True
 
 
+def process_start(pid: int) -> str | None:
+    """When the process with this PID started: "<boot id>:<start time in clock ticks since boot>".
+
+    Two processes that ever held the same PID differ here (the boot id covers
+    reboots). None when there is no such process or no /proc (macOS).
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return f"{boot_id}:{fields[19]}"  # field 22 of proc(5), counted after the ")" that ends field 2
+
+
+def is_job_process(job: dict) -> bool:
+    """True while the local job's PID still belongs to the job's own process.
+
+    Since this version the manifest records each local job's start time
+    ("process"): the PID must be alive with that same start time. Entries
+    written before carry no start time; for those the process must at least be
+    a submitit local controller, as its command line shows.
+    """
+    pid = int(job["job_id"])
+    if not process_alive(pid):
+        return False
+    if job.get("process"):
+        return process_start(pid) == job["process"]
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return True  # no /proc: nothing more to check than that the PID lives
+    return "submitit.local._local" in arguments
+
+
+def signal_job_process(job: dict, signum: int) -> bool:
+    """Send signum to a local job's process only if the PID is still the job's; True if sent.
+
+    Linux: a pidfd taken before the identity check keeps naming the process
+    checked, so a PID recycled between the check and the signal cannot be hit.
+    """
+    pid = int(job["job_id"])
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except (AttributeError, OSError):  # no pidfd (macOS, old kernels): check, then signal by PID
+        handle = None
+    try:
+        if not is_job_process(job):
+            return False
+        if handle is not None:
+            signal.pidfd_send_signal(handle, signum)
+        else:
+            os.kill(pid, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if handle is not None:
+            os.close(handle)
+
+
 def job_states(jobs: dict[str, dict]) -> dict[str, str]:
     """{run_id: job state} for the runs in a manifest's `jobs` table."""
-    by_executor: dict[str, list[str]] = {"slurm": [], "local": []}
-    for job in jobs.values():
-        by_executor[job["executor"]].append(job["job_id"])
-    states = {**slurm_job_states(by_executor["slurm"]), **local_job_states(by_executor["local"])}
+    slurm_states = slurm_job_states([job["job_id"] for job in jobs.values() if job["executor"] == "slurm"])
     result = {}
     for run_id, job in jobs.items():
-        state = states.get(job["job_id"])
+        state = local_job_state(job) if job["executor"] == "local" else slurm_states.get(job["job_id"])
         if job.get("cancelled") and state in (None, "COMPLETED"):
             state = "CANCELLED"  # local jobs: we killed the process ourselves
         result[run_id] = state
@@ -253,6 +326,7 @@ class Plan:
     overrides: list[str]
     axes: dict
     runs: list[PlannedRun] = field(default_factory=list)
+    rerun_failed: bool = False
 
     @property
     def to_submit(self) -> list[PlannedRun]:
@@ -290,7 +364,8 @@ def make_plan(
     if not unique:
         raise UserError(f"the grid of {experiment} for {model} at {scale} scale is empty; check --seeds and --set")
     sweep = Path(out) if out is not None else default_sweep_dir(experiment, model, scale)
-    plan = Plan(experiment, model, scale, sweep, seeds, list(overrides), spec.axes(model, scale))
+    plan = Plan(experiment, model, scale, sweep, seeds, list(overrides), spec.axes(model, scale),
+                rerun_failed=rerun_failed)
 
     manifest = store.read_manifest(sweep)
     if manifest is not None:
@@ -406,7 +481,19 @@ def submit(
         check_slurm_reachable()
     if plan.scale == "paper":
         require_data(plan, data_dir)
+    with sweep_lock(plan.sweep):
+        # Another launch into this sweep may have submitted since `plan` was made:
+        # decide again under the lock, so that each run is submitted by one launch only.
+        plan = make_plan(plan.experiment, plan.model, scale=plan.scale, out=plan.sweep, seeds=plan.seeds,
+                         overrides=plan.overrides, rerun_failed=plan.rerun_failed)
+        return submit_locked(plan, executor, profile, profile_name, max_parallel, runs_per_job, data_dir)
 
+
+def submit_locked(
+    plan: Plan, executor: str, profile: dict, profile_name: str | None, max_parallel: int | None,
+    runs_per_job: int, data_dir: str | None,
+) -> Submission:
+    """submit()'s work, done while holding the sweep's lock."""
     runs = plan.to_submit
     if executor == "local":
         # Bounded local pool: at most max_parallel jobs, each running its share in sequence.
@@ -433,7 +520,7 @@ def submit(
         chunk_groups = groups[start : start + array_limit]
         try:
             # submitit echoes sbatch's complaint to stderr before raising it: keep it for the one-line error.
-            with contextlib.redirect_stderr(io.StringIO()), chosen.batch():
+            with contextlib.redirect_stderr(io.StringIO()), detached_children(executor, plan.sweep), chosen.batch():
                 submitted = [chosen.submit(job) for job in jobs_to_make[start : start + array_limit]]
         except submitit.core.utils.FailedJobError as error:
             refusal = str(error).strip().splitlines()[-1] if str(error).strip() else "no reason given"
@@ -446,9 +533,64 @@ def submit(
             for run in group:
                 manifest["jobs"][run.config.run_id] = {
                     "job_id": job.job_id, "executor": executor, "submitted": time.time(),
+                    # A local job is a PID, which the kernel reuses: keep what tells the job's process apart.
+                    **({"process": process_start(int(job.job_id))} if executor == "local" else {}),
                 }
         store.write_manifest(plan.sweep, manifest)  # after each array: nothing submitted is forgotten
     return Submission(len(groups), len(runs), job_ids)
+
+
+@contextlib.contextmanager
+def sweep_lock(sweep: Path):
+    """Hold the sweep's lock (flock on SWEEP/launch.lock) while planning and writing the manifest.
+
+    Launches and cancels of one sweep take turns, so two launches at once cannot
+    both submit a run or lose each other's manifest entries. The kernel releases
+    the lock when its holder exits, even when killed: a stale lock cannot remain.
+    """
+    Path(sweep).mkdir(parents=True, exist_ok=True)
+    with open(Path(sweep) / store.LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def detached_children(executor: str, sweep: Path):
+    """Local jobs start with stdin from /dev/null and stdout/stderr appended to jobs/local-controllers.log.
+
+    submitit's LocalExecutor starts each job's controller process with this
+    process's own standard streams. A controller holding them open would keep
+    `rotsweep launch ... --executor local | tail -1` waiting until the whole
+    sweep ends. Children inherit file descriptors 0-2 as they are when started,
+    so these point at the log for the duration. (A job's runs write to their
+    own log.txt and submitit's jobs/<id>_0_log.out|err, as on SLURM.)
+    """
+    if executor != "local":
+        yield
+        return
+    log_path = store.jobs_dir(sweep) / "local-controllers.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(os.devnull, "rb") as devnull, open(log_path, "ab") as log:
+        targets = {0: devnull.fileno(), 1: log.fileno(), 2: log.fileno()}
+        saved = {}
+        for fd in targets:
+            try:
+                saved[fd] = os.dup(fd)
+            except OSError:  # this stream was closed: nothing to restore
+                saved[fd] = None
+        try:
+            for fd, target in targets.items():
+                os.dup2(target, fd)
+            yield
+        finally:
+            for fd, copy in saved.items():
+                if copy is None:
+                    os.close(fd)
+                else:
+                    os.dup2(copy, fd)
+                    os.close(copy)
 
 
 def ready_for_submission(run: PlannedRun) -> None:
@@ -524,6 +666,25 @@ def estimated_gpu_hours(config: RunConfig) -> float | None:
 
 def sbatch_header(profile: dict, sweep: Path, name: str, array_size: int, max_parallel: int | None) -> str:
     """The #SBATCH lines submitit would write for this profile (rendered without needing srun)."""
+    text = submitit_sbatch_script(
+        profile, command=f"{sys.executable} -u -m submitit.core._submit {store.jobs_dir(sweep)}",
+        folder=store.jobs_dir(sweep), job_name=name, array_size=array_size, array_parallelism=max_parallel,
+    )
+    return "\n".join(line for line in text.splitlines() if line.startswith("#SBATCH"))
+
+
+def submitit_sbatch_script(
+    profile: dict, *, command: str, folder: Path, job_name: str, array_size: int, array_parallelism: int | None
+) -> str:
+    """The sbatch script submitit writes for a job array of this profile, without submitting it.
+
+    submitit has no public way to render its script, so this is the one place that
+    uses its private API: SlurmExecutor._equivalence_dict (AutoExecutor names ->
+    sbatch parameters), _convert_mem and _make_sbatch_string. tests/test_trust.py
+    checks the result line by line and, on the local SLURM cluster, against the
+    script submitit really submits: a submitit release that changes any of them
+    fails there rather than in a user's dry run.
+    """
     from submitit.slurm import slurm
 
     parameters: dict = {}
@@ -537,13 +698,11 @@ def sbatch_header(profile: dict, sweep: Path, name: str, array_size: int, max_pa
             raise UserError(f"bad cluster profile parameter {key!r}: not a submitit AutoExecutor parameter")
     if "mem" in parameters:
         parameters["mem"] = slurm._convert_mem(parameters["mem"])
-    if max_parallel:
-        parameters["array_parallelism"] = max_parallel
-    text = slurm._make_sbatch_string(
-        command=f"{sys.executable} -u -m submitit.core._submit {store.jobs_dir(sweep)}",
-        folder=store.jobs_dir(sweep), job_name=name, map_count=array_size, **parameters,
+    if array_parallelism:
+        parameters["array_parallelism"] = array_parallelism
+    return slurm._make_sbatch_string(
+        command=command, folder=folder, job_name=job_name, map_count=array_size, **parameters,
     )
-    return "\n".join(line for line in text.splitlines() if line.startswith("#SBATCH"))
 
 
 def dry_run_report(
@@ -675,26 +834,25 @@ def sweep_status(sweep: Path) -> dict:
 
 def cancel(sweep: Path) -> list[str]:
     """Cancel every job of the sweep that may still run; returns the cancelled job ids."""
-    manifest = load_sweep(sweep)
-    jobs = manifest.get("jobs", {})
-    states = job_states(jobs)
-    active = {run_id: job for run_id, job in jobs.items() if states.get(run_id) in ACTIVE_JOB_STATES}
-    slurm_ids = sorted({job["job_id"] for job in active.values() if job["executor"] == "slurm"})
-    local_ids = sorted({job["job_id"] for job in active.values() if job["executor"] == "local"})
-    if slurm_ids:
-        result = _run_command(["scancel", *slurm_ids])
-        if result.returncode != 0:
-            raise UserError(f"scancel failed: {result.stderr.strip()}")
-    for pid in local_ids:
+    load_sweep(sweep)
+    with sweep_lock(sweep):
+        manifest = load_sweep(sweep)
+        jobs = manifest.get("jobs", {})
+        states = job_states(jobs)
+        active = {run_id: job for run_id, job in jobs.items() if states.get(run_id) in ACTIVE_JOB_STATES}
+        slurm_ids = sorted({job["job_id"] for job in active.values() if job["executor"] == "slurm"})
+        local_jobs = {job["job_id"]: job for job in active.values() if job["executor"] == "local"}
+        if slurm_ids:
+            result = _run_command(["scancel", *slurm_ids])
+            if result.returncode != 0:
+                raise UserError(f"scancel failed: {result.stderr.strip()}")
         # As submitit's LocalJob.cancel: SIGINT makes the local controller kill its worker
-        # (which, like every submitit job, ignores SIGTERM) and exit.
-        try:
-            os.kill(int(pid), signal.SIGINT)
-        except ProcessLookupError:
-            pass
-    for run_id in active:
-        jobs[run_id]["cancelled"] = True
-    store.write_manifest(sweep, manifest)
+        # (which, like every submitit job, ignores SIGTERM) and exit. Only a process that is
+        # still the job's own is signalled, never whatever now holds a recycled PID.
+        local_ids = sorted(pid for pid, job in local_jobs.items() if signal_job_process(job, signal.SIGINT))
+        for run_id in active:
+            jobs[run_id]["cancelled"] = True
+        store.write_manifest(sweep, manifest)
     return slurm_ids + local_ids
 
 

@@ -100,8 +100,8 @@ def run(optimizer: str, *, steps: int | None = None, rotational: bool = False, o
     steps); `loss_scale` multiplies the output gradients. The rotational Adam+ℓ2
     is the variant of Appendix J with AdamW's η̂_r: Adam+ℓ2's own η̂_r differs
     between neurons (it depends on their gradients), and an RV rotates all
-    neurons alike. With `out`, writes out/dynamics.parquet (DESIGN.md's long
-    table, every RECORD_INTERVAL steps) and out/randomwalk.json (the returned
+    neurons alike. With `out`, writes out/dynamics.parquet (the long
+    table of rotsweep.dynamics, every RECORD_INTERVAL steps) and out/randomwalk.json (the returned
     dictionary).
     """
     if optimizer not in theory.OPTIMIZERS:

@@ -73,11 +73,14 @@ def write_parquet(path: str | os.PathLike, table: pd.DataFrame | pa.Table) -> No
 #
 #   SWEEP/manifest.json                what the sweep is: experiment, scale, grid, run_ids, jobs
 #   SWEEP/runs/<run_id>/config.json    one directory per run (see rotsweep.train)
-#   SWEEP/jobs/                        submitit's folder: submission scripts, pickles, job logs
+#   SWEEP/launch.lock                  flock'ed by a launch or cancel while it plans and writes the manifest
+#   SWEEP/jobs/                        submitit's folder: submission scripts, pickles, job logs,
+#                                      local-controllers.log (output of local jobs' controllers)
 #   SWEEP/results/*.parquet            written by `rotsweep gather`
 #   SWEEP/figures/*.png|pdf            written by `rotsweep plot`
 
 MANIFEST_FILE = "manifest.json"
+LOCK_FILE = "launch.lock"
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.parquet"

@@ -4,13 +4,14 @@
     run_dir/status.json        pending | running | done | diverged | failed | preempted, step, wall time
     run_dir/metrics.parquet    long table: step, epoch, split, metric, value
     run_dir/dynamics.parquet/  long table of rotsweep.dynamics, one part file per checkpoint
-    run_dir/checkpoint.pt      model, optimizer, recorder and RNG state, metrics so far
+    run_dir/checkpoint.pt      model, optimizer, recorder and RNG state, metrics so far, thread count
     run_dir/log.txt            human-readable log, tracebacks of failures
 
 A run started on a directory that holds a checkpoint resumes from it and ends
 with exactly the metrics of an uninterrupted run: the data order and the lr
-are pure functions of the step, RNG state is checkpointed, and everything
-measured after the checkpoint is discarded and measured again.
+are pure functions of the step, RNG state is checkpointed, the run keeps the
+intra-op thread count it started with, and everything measured after the
+checkpoint is discarded and measured again.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
+import re
 import socket
 import time
 import traceback
@@ -98,6 +101,7 @@ def run(
     if status["status"] in FINISHED_STATUSES:
         return status["status"]
     log = RunLog(run_dir / LOG_FILE, echo=echo)
+    threads = torch.get_num_threads()  # a resumed run may change it (see Trainer.__init__); restored below
     try:
         return Trainer(config, run_dir, pick_device(device), data_dir, log).train(progress=progress)
     except BaseException as error:
@@ -114,6 +118,8 @@ def run(
             log=str(run_dir / LOG_FILE),
         )
         raise
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Trainer:
@@ -122,6 +128,12 @@ class Trainer:
         self.run_dir = run_dir
         self.device = device
         self.log = log
+        # CPU kernels split their sums over the intra-op threads, so the thread count changes the
+        # rounding: a run keeps the count it started with, whatever its new allocation. Set before
+        # anything is computed; the checkpoint's state is applied in load_checkpoint.
+        self.checkpoint = read_checkpoint(run_dir / CHECKPOINT_FILE, device, log)
+        self.threads = (self.checkpoint or {}).get("threads") or torch.get_num_threads()
+        torch.set_num_threads(self.threads)
 
         self.data = load_dataset(
             config.dataset, data_dir=data_dir, seed=config.seed if config.data_seed is None else config.data_seed,
@@ -171,7 +183,8 @@ class Trainer:
         resumed = self.load_checkpoint()
         self.log(
             f"{'resumed at step ' + str(self.step) if resumed else 'started'}: run {self.config.run_id}, "
-            f"{lengths.total_steps} steps on {self.device}, {self.config.model} on {self.config.dataset}"
+            f"{lengths.total_steps} steps on {self.device} ({self.threads} intra-op threads), "
+            f"{self.config.model} on {self.config.dataset}"
         )
         write_status(self.run_dir, "running", **self.status_fields())
         started = time.time()
@@ -312,6 +325,7 @@ class Trainer:
             "warmup_steps": self.lengths.warmup_steps,  # resolved from warmup_epochs when given in epochs
             "steps_per_epoch": self.lengths.steps_per_epoch,
             "wall_s": round(self.wall_s, 3),
+            "threads": self.threads,
             "host": socket.gethostname(),
             "job_id": os.environ.get("SLURM_JOB_ID"),
             "log": str(self.run_dir / LOG_FILE),
@@ -334,6 +348,7 @@ class Trainer:
         state = {
             "step": self.step,
             "wall_s": self.wall_s,
+            "threads": self.threads,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -346,11 +361,10 @@ class Trainer:
             torch.save(state, tmp)
 
     def load_checkpoint(self) -> bool:
-        path = self.run_dir / CHECKPOINT_FILE
-        if not path.exists():
+        state, self.checkpoint = self.checkpoint, None  # read in __init__; not kept in memory
+        if state is None:
             self.discard_measurements_after(-1)
             return False
-        state = torch.load(path, map_location=self.device, weights_only=False)
         self.step = state["step"]
         self.wall_s = state["wall_s"]
         self.model.load_state_dict(state["model"])
@@ -372,6 +386,35 @@ class Trainer:
             last_step = int(part.stem.split("-")[2])
             if last_step >= step:
                 part.unlink()
+
+
+def read_checkpoint(path: Path, device: torch.device, log: RunLog) -> dict | None:
+    """A checkpoint's state, or None to start the run over (no checkpoint, or an unreadable one).
+
+    Loaded with weights_only=True: torch's restricted unpickler rebuilds only
+    tensors and plain containers and values, which is all save_checkpoint writes
+    (no further types need allow-listing), and refuses a file that names any other
+    callable (os.system, ...) before anything in it runs. A damaged file (a
+    truncated copy, a disk that filled up) is set aside under a new name, and the
+    run starts over rather than failing at every resume.
+    """
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"GLOBAL (\S+)", str(error))
+        what = f"a pickled {refused.group(1)}" if refused else "objects other than tensors and plain values"
+        raise UserError(
+            f"{path} holds {what}, which a rotsweep checkpoint never does; it was not loaded. "
+            "Delete it to start the run over"
+        ) from None
+    except Exception as error:  # zip or pickle structure broken
+        aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(path, aside)
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        log(f"checkpoint unreadable ({type(error).__name__}: {reason}); moved to {aside.name}, starting over")
+        return None
 
 
 def metrics_frame(rows: list[dict]) -> pd.DataFrame:
