@@ -19,8 +19,10 @@ import contextlib
 import math
 import os
 import socket
+import sys
 import time
 import traceback
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +32,10 @@ import torch.nn.functional as F
 
 from rotsweep import store
 from rotsweep.config import RunConfig
-from rotsweep.data import load_dataset
+from rotsweep.data import check_dataset, load_dataset
 from rotsweep.dynamics import DynamicsRecorder
-from rotsweep.models import build_model, param_groups
+from rotsweep.errors import UserError
+from rotsweep.models import build_model, check_model, param_groups
 from rotsweep.optim import build_optimizer
 from rotsweep.schedule import learning_rate
 
@@ -43,9 +46,22 @@ from rotsweep.store import (
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The requested device, refused with a UserError unless it exists here; default cuda, else cpu."""
+    if not requested:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"unknown device {requested!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= available:
+            raise UserError(f"device {requested!r} is not available ({available} CUDA device(s) here); use cpu")
+    elif device.type != "cpu":  # mps, xpu ...: torch.<type>.is_available() where torch has one
+        backend = getattr(torch, device.type, None)
+        if not (hasattr(backend, "is_available") and backend.is_available()):
+            raise UserError(f"device {requested!r} is not available here; use cpu or cuda")
+    return device
 
 
 @dataclass
@@ -92,13 +108,20 @@ def run(
 ) -> str:
     """Train (or resume) one run in run_dir; returns its final status."""
     run_dir = Path(run_dir)
+    # What can be refused without data or tensors is refused before anything is written.
+    chosen_device = pick_device(device)
+    check_model(config.model, config.model_options)
+    check_dataset(config.dataset, config.dataset_options)
     prepare_run_dir(config, run_dir)
     status = read_status(run_dir)
     if status["status"] in FINISHED_STATUSES:
         return status["status"]
+    # This process is the run's only writer now: what a killed one was writing is garbage.
+    for directory in (run_dir, run_dir / DYNAMICS_DIR):
+        store.remove_temporaries(directory)
     log = RunLog(run_dir / LOG_FILE, echo=echo)
     try:
-        return Trainer(config, run_dir, pick_device(device), data_dir, log).train(progress=progress)
+        return Trainer(config, run_dir, chosen_device, data_dir, log).train(progress=progress)
     except BaseException as error:
         # KeyboardInterrupt and SystemExit (SLURM preemption) leave a resumable run behind.
         interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
@@ -336,6 +359,16 @@ class Trainer:
 
     def load_checkpoint(self) -> bool:
         path = self.run_dir / CHECKPOINT_FILE
+        if path.exists() and not zipfile.is_zipfile(path):
+            # torch.save writes a zip archive, whose directory is at its end: a checkpoint cut
+            # short (disk full, a copy interrupted) has none. Keep it for inspection and start
+            # over, rather than fail on every resume.
+            kept = path.with_name(path.name + ".corrupt")
+            os.replace(path, kept)
+            message = (f"{path} is not a complete checkpoint (truncated?); moved to {kept.name}, "
+                       "starting the run over from step 0")
+            self.log(message)
+            print(f"warning: {message}", file=sys.stderr, flush=True)
         if not path.exists():
             self.discard_measurements_after(-1)
             return False
