@@ -15,6 +15,11 @@ the scheduler says of its job (one sacct call for the whole sweep):
     failed (exception)        the run raised: resubmitted only with --rerun-failed
     failed (crashed)          the job ended without the run saying why (killed, OOM,
                               COMPLETED without a finished run): submitted again
+    unreadable                status.json cannot be read: reported, never submitted
+                              (fix the file, or delete the run directory to train it again)
+
+A file that cannot be read (a run's status.json or metrics.parquet) is reported, as
+gather reports it, and does not stop `status` or `launch` for the other runs.
 
 Local execution uses the same code path: submitit's LocalExecutor starts every
 job at once, so runs are packed into at most `max_parallel` jobs that each

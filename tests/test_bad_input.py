@@ -541,3 +541,41 @@ def test_random_walk_panels_have_distinct_titles(tmp_path):
     fig = figures.draw_randomwalk(figures.read_randomwalks(tmp_path))
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert len(titles) == 2 and len(set(titles)) == 2, titles
+
+
+def _slurm_missing() -> str | None:
+    from rotsweep.errors import UserError
+
+    try:
+        launch.check_slurm_reachable()
+    except UserError as error:
+        return str(error)
+    return None
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(_slurm_missing() is not None and not os.environ.get("CI"), reason="no SLURM controller")
+def test_status_of_an_array_task_cancelled_while_pending(tmp_path):
+    import subprocess
+    import time
+
+    sweep = tmp_path / "sweep"
+    result = invoke("launch", "zero-shot", "--model", "resnet20", "--scale", "tiny", "--executor", "slurm",
+                    "--profile", "local", "--out", sweep, "--set", "steps=100000", "--set", "eval_interval=1000",
+                    "--max-parallel", "1", "--json")
+    assert result.exit_code == 0, result.output
+    try:
+        jobs = store.read_manifest(sweep)["jobs"]
+        victim, job = max(jobs.items(), key=lambda item: int(item[1]["job_id"].split("_")[-1]))  # still pending
+        job_id = job["job_id"]
+        subprocess.run(["scancel", job_id], check=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            run = next(run for run in launch.sweep_status(sweep)["runs"] if run["run_id"] == victim)
+            if run["state"] != "queued":
+                break
+            time.sleep(1)
+        assert run["state"] in ("pending", "cancelled"), run
+        assert run["detail"] != "not submitted" and (job_id in run["detail"] or "cancelled" in run["detail"]), run
+    finally:
+        invoke("cancel", sweep)
