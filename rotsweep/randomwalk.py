@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from rotsweep import theory
+from rotsweep.config import MAX_STEPS
 from rotsweep.dynamics import DynamicsRecorder
 from rotsweep.errors import UserError
 from rotsweep.optim import build_optimizer
@@ -109,9 +110,9 @@ def run(optimizer: str, *, steps: int | None = None, rotational: bool = False, o
     if optimizer not in theory.OPTIMIZERS:
         raise UserError(f"unknown --optimizer {optimizer!r}; choose one of {', '.join(theory.OPTIMIZERS)}")
     steps = DEFAULT_STEPS[optimizer] if steps is None else steps
-    if steps < MIN_STEPS:
-        raise UserError(f"--steps must be at least {MIN_STEPS}: the measurement averages the records of the last "
-                        f"quarter, taken every {RECORD_INTERVAL} steps; got {steps}")
+    if not MIN_STEPS <= steps <= MAX_STEPS:
+        raise UserError(f"--steps must be between {MIN_STEPS} (the measurement averages the records of the last "
+                        f"quarter, taken every {RECORD_INTERVAL} steps) and {MAX_STEPS:,}; got {steps}")
     if out is not None:
         check_output_dir(out)  # before minutes of simulation
     hyper = dict(PAPER_HYPERPARAMETERS[optimizer])

@@ -448,7 +448,8 @@ def test_predict_refuses_infinite_values_and_warns_above_pi(tmp_path):
 
 def test_randomwalk_needs_enough_steps_to_measure_and_writes_strict_json(tmp_path):
     assert_refused(tmp_path, ["randomwalk", "--optimizer", "sgdm", "--steps", "39", "--out", tmp_path / "walk"],
-                   "--steps must be at least 40")
+                   "--steps must be between 40")
+    assert_refused(tmp_path, ["randomwalk", "--steps", str(10**12), "--out", tmp_path / "walk"], "and 100,000,000")
     result = invoke("randomwalk", "--optimizer", "sgdm", "--steps", "40", "--out", tmp_path / "walk", "--json")
     assert result.exit_code == 0, result.output
 
