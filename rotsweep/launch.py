@@ -437,6 +437,11 @@ def _manifest_problem(manifest) -> str | None:
     runs, jobs = manifest.get("runs", []), manifest.get("jobs", {})
     if not isinstance(runs, list) or not all(isinstance(run_id, str) for run_id in runs):
         return "\"runs\" is not a list of run ids"
+    overrides, seeds = manifest.get("overrides") or [], manifest.get("seeds") or []
+    if not isinstance(overrides, list) or not all(isinstance(item, str) and "=" in item for item in overrides):
+        return "\"overrides\" is not a list of key=value"
+    if not isinstance(seeds, list) or not all(isinstance(seed, int) for seed in seeds):
+        return "\"seeds\" is not a list of integers"
     if not isinstance(jobs, dict) or not all(
             isinstance(job, dict) and isinstance(job.get("job_id"), str) and job.get("executor") in EXECUTORS
             for job in jobs.values()):

@@ -173,7 +173,8 @@ def test_a_corrupt_status_file_makes_its_run_unreadable_not_fatal(sweep, tmp_pat
 
 
 @pytest.mark.parametrize("content", [b"{garbage", b"[]", b'{"experiment": 3}',
-                                     b'{"experiment": "zero-shot", "model": "resnet20", "scale": "tiny", "jobs": []}'])
+                                     b'{"experiment": "zero-shot", "model": "resnet20", "scale": "tiny", "jobs": []}',
+                                     b'{"experiment": "zero-shot", "model": "resnet20", "scale": "tiny", "overrides": 5}'])
 def test_a_garbage_manifest_is_tolerated_by_status_and_refused_by_launch(sweep, tmp_path, content):
     (sweep / store.MANIFEST_FILE).write_bytes(content)
     before = snapshot(tmp_path)
