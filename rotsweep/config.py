@@ -191,7 +191,7 @@ class RunConfig:
     def load(cls, path: str | Path) -> "RunConfig":
         try:
             values = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8
             raise UserError(f"cannot read run config {path}: {error}") from None
         if not isinstance(values, dict):
             raise UserError(f"run config {path} holds a JSON {type(values).__name__}, not an object of "

@@ -393,12 +393,27 @@ def make_plan(
     for config in unique:
         directory = store.run_dir(sweep, config.run_id)
         status, problem = read_run_status(directory)
+        config_problem = _config_problem(directory, config)
+        if config_problem:
+            status, problem = {"status": UNREADABLE}, config_problem
         if problem:
             plan.problems.append(f"{config.run_id}: {problem}")
         state = run_state(status, states.get(config.run_id), (directory / store.CONFIG_FILE).exists(),
                           jobs.get(config.run_id, {}).get("job_id"), problem)
         plan.runs.append(PlannedRun(config, directory, state, should_submit(state, rerun_failed)))
     return plan
+
+
+def _config_problem(run_dir: Path, config: RunConfig) -> str | None:
+    """Why the run directory's config.json is not `config` (unreadable, or another run's), if it is not."""
+    path = run_dir / store.CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        recorded = RunConfig.load(path)
+    except UserError as error:
+        return f"{store.CONFIG_FILE}: {_first_line(error)}"
+    return None if recorded == config else f"{store.CONFIG_FILE}: holds run {recorded.run_id}"
 
 
 def canonical_seeds(seeds: list[int] | None, default: tuple[int, ...]) -> list[int] | None:

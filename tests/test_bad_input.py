@@ -172,6 +172,24 @@ def test_a_corrupt_status_file_makes_its_run_unreadable_not_fatal(sweep, tmp_pat
     assert (store.run_dir(sweep, victim) / store.STATUS_FILE).read_bytes() == content
 
 
+@pytest.mark.parametrize("content", [b'{"model": "resn', b"[1]", b'{"lr": "x"}', b"\xff\xfe", b'{"lr": 0.5}'])
+def test_a_corrupt_or_foreign_config_is_reported_and_its_run_left_alone(sweep, tmp_path, content):
+    victim = run_ids(sweep)[2]
+    (store.run_dir(sweep, victim) / store.STATUS_FILE).unlink()  # a run that would be submitted
+    (store.run_dir(sweep, victim) / store.CONFIG_FILE).write_bytes(content)
+    before = snapshot(tmp_path)
+    dry = invoke("launch", *SWEEP_ARGS, "--out", sweep, *FAST, "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    report = json.loads(dry.stdout)
+    assert report["to_submit"] == 0
+    assert any(problem.startswith(f"{victim}: {store.CONFIG_FILE}") for problem in report["problems"])
+    assert snapshot(tmp_path) == before
+    launched = invoke("launch", *SWEEP_ARGS, "--out", sweep, *FAST, "--json")
+    assert launched.exit_code == 0, launched.output
+    assert json.loads(launched.stdout)["submitted_runs"] == 0
+    assert (store.run_dir(sweep, victim) / store.CONFIG_FILE).read_bytes() == content
+
+
 @pytest.mark.parametrize("content", [b"{garbage", b"[]", b'{"experiment": 3}',
                                      b'{"experiment": "zero-shot", "model": "resnet20", "scale": "tiny", "jobs": []}',
                                      b'{"experiment": "zero-shot", "model": "resnet20", "scale": "tiny", "overrides": 5}'])
