@@ -9,19 +9,81 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Callable, Optional
 
 import typer
+import typer.core
 
 from rotsweep.errors import UserError
 
 app = typer.Typer(
     help="Sweeps, dynamics and figures for 'Rotational Equilibrium' (Kosson et al., ICML 2024).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
+    # Plain help: flags show as flags (rich help gives every option a type, `--dry-run <bool>`).
+    rich_markup_mode=None,
 )
+
+
+# Choices as enums, so that help lists them and a typo is refused before anything runs.
+# They are spelled out here (importing their modules would slow down `--help`);
+# tests/test_bad_input.py checks them against the libraries' lists.
+class Executor(str, Enum):
+    slurm = "slurm"
+    local = "local"
+
+
+class Scale(str, Enum):
+    paper = "paper"
+    tiny = "tiny"
+
+
+class Optimizer(str, Enum):
+    adamw = "adamw"
+    adam_l2 = "adam-l2"
+    sgdm = "sgdm"
+    lion = "lion"
+
+
+class Metric(str, Enum):
+    val_top1 = "val_top1"
+    val_loss = "val_loss"
+    val_perplexity = "val_perplexity"
+    train_loss = "train_loss"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from rotsweep import __version__
+
+        typer.echo(f"rotsweep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print rotsweep's version and exit"),
+) -> None:
+    pass
+
+
+def output_dir(value: str, flag: str = "--out") -> Path:
+    """A directory option as a Path; empty is refused (Path("") would silently mean the current directory)."""
+    if not value.strip():
+        raise UserError(f"{flag} is empty; give a directory (use {flag} . for the current one)")
+    return Path(value)
+
+
+def examples(*lines: str) -> str:
+    """A help epilog of example commands (\b keeps click from re-wrapping them)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+JSON_HELP = "print one JSON object instead of text"
 
 
 def reports_user_errors(command: Callable) -> Callable:
@@ -42,30 +104,39 @@ def print_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, sort_keys=True))
 
 
-@app.command()
+@app.command(epilog=examples(
+    "rotsweep predict --optimizer adamw --lr 1e-3 --weight-decay 0.1 --dim 576",
+    "rotsweep predict --optimizer sgdm --lr 0.1 --weight-decay 5e-4 --grad-norm 1.3 --json",
+))
 @reports_user_errors
 def predict(
-    optimizer: str = typer.Option(..., help="adamw, adam-l2, sgdm or lion"),
+    optimizer: Optimizer = typer.Option(..., help="the optimizer of Table 1"),
     lr: float = typer.Option(..., help="learning rate η"),
     weight_decay: float = typer.Option(..., help="weight decay / ℓ2 coefficient λ"),
-    dim: Optional[int] = typer.Option(None, help="C, the fan-in of one neuron (needed for η̂_g and the norm)"),
+    dim: Optional[int] = typer.Option(None, min=1, help="C, the fan-in of one neuron (needed for η̂_g and the norm)"),
     beta1: float = typer.Option(0.9, help="Adam/Lion β1"),
     beta2: Optional[float] = typer.Option(None, help="Adam/Lion β2 (default: 0.999 for Adam, 0.99 for Lion)"),
     momentum: float = typer.Option(0.9, help="SGDM momentum α"),
     grad_norm: Optional[float] = typer.Option(
         None, help="RMS gradient norm of a unit-norm weight vector, sqrt(E‖g̃‖²) (SGDM norm, Adam+ℓ2)"
     ),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Table 1 predictions: RMS update η̂_g, equilibrium rotation η̂_r, equilibrium norm."""
+    import math
+
     from rotsweep import theory
 
     result = theory.predict_cli(
-        optimizer, lr=lr, weight_decay=weight_decay, dim=dim, beta1=beta1, beta2=beta2,
+        optimizer.value, lr=lr, weight_decay=weight_decay, dim=dim, beta1=beta1, beta2=beta2,
         momentum=momentum, grad_norm=grad_norm,
     )
     if "warning" in result and not as_json:  # --json keeps it in the object
         typer.echo(f"warning: {result.pop('warning')}", err=True)
+    if result["eta_r"] > math.pi:
+        # Table 1 is derived for small angles per step (sin x ≈ x); an angle above π is not one.
+        typer.echo(f"warning: η̂_r = {result['eta_r']:.4g} rad per step is above π: Table 1's small-angle "
+                   "regime does not hold, the prediction means nothing here", err=True)
     if as_json:
         print_json(result)
     else:
@@ -73,26 +144,28 @@ def predict(
             typer.echo(f"{key:>8}  {value:.6g}" if isinstance(value, float) else f"{key:>8}  {value}")
 
 
-@app.command()
+@app.command(epilog=examples("rotsweep randomwalk --optimizer sgdm", "rotsweep randomwalk --optimizer adamw --rotational",
+                             "rotsweep plot randomwalk"))
 @reports_user_errors
 def randomwalk(
-    optimizer: str = typer.Option("adamw", help="adamw, adam-l2, sgdm or lion"),
+    optimizer: Optimizer = typer.Option(Optimizer.adamw, help="the optimizer to simulate"),
     steps: Optional[int] = typer.Option(
         None, help="optimizer steps (default: enough to reach equilibrium: 15000, 40000 for adam-l2)"
     ),
     rotational: bool = typer.Option(False, "--rotational", help="use the rotational variant (Algorithm 1)"),
-    out: Optional[Path] = typer.Option(
-        None, help="output directory (default: sweeps/randomwalk/OPTIMIZER[-rv], where `plot randomwalk` looks)"
+    out: Optional[str] = typer.Option(
+        None, metavar="DIR",
+        help="output directory (default: sweeps/randomwalk/OPTIMIZER[-rv], where `plot randomwalk` looks)",
     ),
-    seed: int = typer.Option(0),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    seed: int = typer.Option(0, help="seed of the initial weights, gains, inputs and gradients"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """The Appendix F random walk: measured equilibrium against Table 1 (Figure 9)."""
     from rotsweep import randomwalk as rw
 
-    if out is None:
-        out = Path("sweeps") / "randomwalk" / (optimizer + ("-rv" if rotational else ""))
-    result = rw.run(optimizer, steps=steps, rotational=rotational, out=out, seed=seed)
+    name = optimizer.value + ("-rv" if rotational else "")
+    directory = Path("sweeps") / "randomwalk" / name if out is None else output_dir(out)
+    result = rw.run(optimizer.value, steps=steps, rotational=rotational, out=directory, seed=seed)
     if as_json:
         print_json(result)
     else:
@@ -102,10 +175,10 @@ def randomwalk(
 @app.command()
 @reports_user_errors
 def train(
-    out: Path = typer.Option(..., help="run directory (resumed if it holds a checkpoint)"),
+    out: str = typer.Option(..., metavar="DIR", help="run directory (resumed if it holds a checkpoint)"),
     preset: Optional[str] = typer.Option(None, help="a named preset (see `rotsweep presets`)"),
     config: Optional[Path] = typer.Option(None, help="a config.json to run"),
-    set_: list[str] = typer.Option([], "--set", help="override a field: key=value (repeatable)"),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a field: key=value (repeatable)"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
     data_dir: Optional[Path] = typer.Option(None, help="data sets root (default: $ROTSWEEP_DATA_DIR)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
@@ -114,19 +187,21 @@ def train(
     from rotsweep import presets, store, train as training
     from rotsweep.config import RunConfig
 
+    directory = output_dir(out)
     if (preset is None) == (config is None):
         raise UserError("give exactly one of --preset NAME or --config FILE")
     run_config = presets.preset(preset) if preset else RunConfig.load(config)
     run_config = run_config.with_overrides(set_)
-    status = training.run(run_config, out, device=device, data_dir=data_dir, progress=progress)
-    summary = store.read_status(out)
-    typer.echo(f"run {run_config.run_id}: {status} at step {summary.get('step')} in {summary.get('wall_s')} s -> {out}")
+    status = training.run(run_config, directory, device=device, data_dir=data_dir, progress=progress)
+    summary = store.read_status(directory)
+    typer.echo(f"run {run_config.run_id}: {status} at step {summary.get('step')} in {summary.get('wall_s')} s "
+               f"-> {directory}")
     if status != "done":
         raise typer.Exit(1)
 
 
 @app.command("presets")
-def list_presets(as_json: bool = typer.Option(False, "--json")) -> None:
+def list_presets(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """List the named run presets (paper recipes and tiny CPU versions)."""
     from rotsweep import presets
 
@@ -143,7 +218,7 @@ def list_presets(as_json: bool = typer.Option(False, "--json")) -> None:
 @reports_user_errors
 def models(
     tiny: bool = typer.Option(False, "--tiny", help="the tiny CPU variants"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """List the models with their parameter counts."""
     from rotsweep.models import describe_models
@@ -160,7 +235,7 @@ def models(
 @reports_user_errors
 def prepare_text(
     inputs: list[Path] = typer.Argument(..., help="training text files (or directories of .txt files)"),
-    out: Path = typer.Option(..., help="directory for train.bin / val.bin (/ test.bin)"),
+    out: str = typer.Option(..., metavar="DIR", help="directory for train.bin / val.bin (/ test.bin)"),
     val_file: list[Path] = typer.Option([], "--val-file", help="text files for val.bin (default: the tail of the inputs)"),
     test_file: list[Path] = typer.Option([], "--test-file", help="text files for test.bin"),
     val_fraction: float = typer.Option(0.0005, help="share of tokens held out for val.bin when no --val-file"),
@@ -169,14 +244,16 @@ def prepare_text(
     """Tokenize text files with GPT-2 BPE into nanoGPT's uint16 train.bin / val.bin."""
     from rotsweep.data.tokens import prepare_text as prepare
 
-    counts = prepare(inputs, out, val_fraction=val_fraction, val_files=val_file, test_files=test_file, encoding=encoding)
+    directory = output_dir(out)
+    counts = prepare(inputs, directory, val_fraction=val_fraction, val_files=val_file, test_files=test_file,
+                     encoding=encoding)
     for split, tokens in counts.items():
-        typer.echo(f"{out / (split + '.bin')}: {tokens:,} tokens")
+        typer.echo(f"{directory / (split + '.bin')}: {tokens:,} tokens")
 
 
 @app.command()
 @reports_user_errors
-def experiments(as_json: bool = typer.Option(False, "--json")) -> None:
+def experiments(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """List the experiments with the models they accept, their axes and run counts."""
     from rotsweep.experiments import describe_experiments
 
@@ -193,64 +270,78 @@ def experiments(as_json: bool = typer.Option(False, "--json")) -> None:
             typer.echo(f"    --model {model:12s} {counts}; swept: {axes}")
 
 
-@app.command()
+@app.command(epilog=examples(
+    "rotsweep launch eta-lambda --model resnet20 --scale tiny --executor local --dry-run",
+    "rotsweep launch eta-lambda --model resnet20 --scale tiny --executor local --max-parallel 2",
+    "rotsweep launch warmup --model gpt2 --profile a100 --seeds 0 --seeds 1",
+    "rotsweep launch adam-vs-adamw --model resnet18 --set eval_interval=200 --rerun-failed",
+))
 @reports_user_errors
 def launch(
     experiment: str = typer.Argument(..., help="see `rotsweep experiments`"),
     model: str = typer.Option(..., help="a model the experiment accepts"),
-    scale: str = typer.Option("paper", help="paper (A100 recipes) or tiny (CPU minutes)"),
-    executor: str = typer.Option("slurm", help="slurm or local"),
+    scale: Scale = typer.Option(Scale.paper, help="paper (A100 recipes) or tiny (CPU minutes)"),
+    executor: Executor = typer.Option(Executor.slurm, help="a SLURM cluster, or this machine"),
     profile: Optional[str] = typer.Option(
         None, help="cluster profile: NAME of slurm/NAME.toml or a .toml path (default: a100 at paper scale, local at tiny)"
     ),
-    out: Optional[Path] = typer.Option(None, help="sweep directory (default: sweeps/EXPERIMENT-MODEL-SCALE)"),
-    seeds: Optional[list[int]] = typer.Option(None, "--seeds", help="seeds (repeatable; default: the paper's)"),
-    set_: list[str] = typer.Option([], "--set", help="override a RunConfig field in every run: key=value"),
-    max_parallel: Optional[int] = typer.Option(None, help="runs at once (SLURM array throttle %N; local pool size)"),
-    runs_per_job: int = typer.Option(1, help="pack several runs into one job"),
+    out: Optional[str] = typer.Option(None, metavar="DIR", help="sweep directory (default: sweeps/EXPERIMENT-MODEL-SCALE)"),
+    seeds: Optional[list[int]] = typer.Option(None, "--seeds", metavar="SEED", help="seeds (repeatable; default: the paper's)"),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a RunConfig field in every run (repeatable)"),
+    max_parallel: Optional[int] = typer.Option(None, min=1, help="runs at once (SLURM array throttle %N; local pool size)"),
+    runs_per_job: int = typer.Option(1, min=1, help="pack several runs into one job"),
     rerun_failed: bool = typer.Option(False, "--rerun-failed", help="also resubmit runs that raised an error"),
     data_dir: Optional[Path] = typer.Option(None, help="data sets root on the nodes (default: $ROTSWEEP_DATA_DIR)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; submit nothing"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Launch an experiment's sweep; relaunching submits only what is not done."""
     from rotsweep import launch as launcher
 
     plan = launcher.make_plan(
-        experiment, model, scale=scale, out=out, seeds=seeds or None, overrides=set_, rerun_failed=rerun_failed,
+        experiment, model, scale=scale.value, out=None if out is None else output_dir(out), seeds=seeds or None,
+        overrides=set_, rerun_failed=rerun_failed,
     )
     if dry_run:
-        report = launcher.dry_run_report(plan, executor=executor, profile_name=profile, max_parallel=max_parallel,
-                                         runs_per_job=runs_per_job)
+        report = launcher.dry_run_report(plan, executor=executor.value, profile_name=profile,
+                                         max_parallel=max_parallel, runs_per_job=runs_per_job)
         if as_json:
             print_json(report)
         else:
             typer.echo(launcher.format_dry_run(report))
         return
     submission = launcher.submit(
-        plan, executor=executor, profile_name=profile, max_parallel=max_parallel, runs_per_job=runs_per_job,
+        plan, executor=executor.value, profile_name=profile, max_parallel=max_parallel, runs_per_job=runs_per_job,
         data_dir=str(data_dir) if data_dir else None,
     )
     summary = {
         "sweep": str(plan.sweep), "submitted_runs": submission.runs, "jobs": submission.jobs,
         "job_ids": submission.job_ids, "already_done": len(plan.already_done), "total_runs": len(plan.runs),
+        "problems": plan.problems,
     }
     if as_json:
         print_json(summary)
     else:
         typer.echo(
-            f"{plan.sweep}: submitted {submission.runs} of {len(plan.runs)} runs in {submission.jobs} {executor} job(s); "
-            f"{len(plan.already_done)} already finished. Follow with: rotsweep status {plan.sweep}"
+            f"{plan.sweep}: submitted {submission.runs} of {len(plan.runs)} runs in {submission.jobs} "
+            f"{executor.value} job(s); {len(plan.already_done)} already finished. "
+            f"Follow with: rotsweep status {plan.sweep}"
         )
+        for problem in plan.problems:
+            typer.echo(f"problem: {problem}")
 
 
-@app.command()
+@app.command(epilog=examples(
+    "rotsweep status sweeps/eta-lambda-resnet20-tiny",
+    "rotsweep status sweeps/eta-lambda-resnet20-tiny --watch --interval 10",
+    "rotsweep status sweeps/eta-lambda-resnet20-tiny --json",
+))
 @reports_user_errors
 def status(
     sweep: Path = typer.Argument(..., help="sweep directory"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     watch: bool = typer.Option(False, "--watch", help="refresh until every run has stopped"),
-    interval: float = typer.Option(5.0, help="seconds between refreshes with --watch"),
+    interval: float = typer.Option(5.0, min=0.1, help="seconds between refreshes with --watch"),
 ) -> None:
     """Counts per state and a table per run: state, step/total, last metric, job id."""
     from rotsweep import launch as launcher
@@ -280,7 +371,7 @@ def cancel(sweep: Path = typer.Argument(..., help="sweep directory")) -> None:
 def logs(
     sweep: Path = typer.Argument(..., help="sweep directory"),
     run_id: str = typer.Argument(..., help="a run id from `rotsweep status`"),
-    lines: int = typer.Option(40, help="last lines of each log"),
+    lines: int = typer.Option(40, min=1, help="last lines of each log"),
 ) -> None:
     """Show the paths and last lines of a run's log and of its job's stdout/stderr."""
     from rotsweep import launch as launcher
@@ -293,11 +384,14 @@ def logs(
             typer.echo("(not written yet)")
 
 
-@app.command()
+@app.command(epilog=examples(
+    "rotsweep gather sweeps/eta-lambda-resnet20-tiny",
+    "rotsweep gather sweeps/eta-lambda-resnet20-tiny --full --json",
+))
 @reports_user_errors
 def gather(
     sweep: Path = typer.Argument(..., help="sweep directory"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     full: bool = typer.Option(False, "--full", help="ignore the cache and read every run again"),
 ) -> None:
     """Read the sweep's run directories (only those that changed) into SWEEP/results/*.parquet."""
@@ -310,9 +404,19 @@ def gather(
         typer.echo(report.format())
 
 
-plot_app = typer.Typer(help="Draw the paper's figures into SWEEP/figures/ (PNG and PDF).", no_args_is_help=True)
+plot_app = typer.Typer(
+    help="Draw the paper's figures into SWEEP/figures/ (PNG and PDF), from the tables of `rotsweep gather`.",
+    no_args_is_help=True, rich_markup_mode=None,
+    epilog=examples(
+        "rotsweep gather sweeps/adam-vs-adamw-resnet18-tiny",
+        "rotsweep plot all sweeps/adam-vs-adamw-resnet18-tiny",
+        "rotsweep plot heatmap sweeps/adam-vs-adamw-resnet18-tiny --metric val_loss",
+        "rotsweep plot dynamics sweeps/dynamics-gpt2-tiny --run RUN_ID",
+        "rotsweep plot randomwalk sweeps/randomwalk",
+    ),
+)
 app.add_typer(plot_app, name="plot")
-METRIC_HELP = "val_top1, val_loss, val_perplexity or train_loss (default: accuracy, else validation loss)"
+METRIC_HELP = "the final metric to show (default: accuracy, else validation loss)"
 SWEEP_HELP = "sweep directory (default: the newest sweep in sweeps/ with the data)"
 
 
@@ -320,6 +424,10 @@ def _sweep_for(figure: str, sweep: Optional[Path]) -> Path:
     from rotsweep.analysis import figures
 
     return sweep if sweep is not None else figures.find_sweep(figure)
+
+
+def _value(choice: Optional[Enum]) -> Optional[str]:
+    return None if choice is None else choice.value
 
 
 def _echo_paths(paths) -> None:
@@ -330,24 +438,24 @@ def _echo_paths(paths) -> None:
 @reports_user_errors
 def plot_heatmap(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
-    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
+    metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
 ) -> None:
     """Figure 6 left: metric over the lr x weight-decay grid with η̂_r contours."""
     from rotsweep.analysis import figures
 
-    _echo_paths(figures.plot_heatmap(_sweep_for("heatmap", sweep), metric))
+    _echo_paths(figures.plot_heatmap(_sweep_for("heatmap", sweep), _value(metric)))
 
 
 @plot_app.command("lr-sweep")
 @reports_user_errors
 def plot_lr_sweep(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
-    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
+    metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
 ) -> None:
     """Figures 4L, 5M/R, 7L, 14: metric against learning rate per variant."""
     from rotsweep.analysis import figures
 
-    _echo_paths(figures.plot_lr_sweep(_sweep_for("lr-sweep", sweep), metric))
+    _echo_paths(figures.plot_lr_sweep(_sweep_for("lr-sweep", sweep), _value(metric)))
 
 
 @plot_app.command("curves")
@@ -355,12 +463,12 @@ def plot_lr_sweep(
 def plot_curves(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
     run: list[str] = typer.Option([], "--run", help="run ids (repeatable; default: the best run per variant)"),
-    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
+    metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
 ) -> None:
     """Figure 5 left: loss curves."""
     from rotsweep.analysis import figures
 
-    _echo_paths(figures.plot_curves(_sweep_for("curves", sweep), run or None, metric))
+    _echo_paths(figures.plot_curves(_sweep_for("curves", sweep), run or None, _value(metric)))
 
 
 @plot_app.command("dynamics")
@@ -370,24 +478,24 @@ def plot_dynamics(
     run: list[str] = typer.Option([], "--run", help="run ids (repeatable; default: the best run per variant)"),
     layer: list[str] = typer.Option([], "--layer", help="weight names (repeatable; default: all)"),
     neurons: bool = typer.Option(False, "--neurons", help="per-neuron rotation of one layer (Figure 7R)"),
-    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
+    metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
 ) -> None:
     """Figures 3, 4M/R, 6R, 7R, 13: norms and rotation over training, predictions dashed."""
     from rotsweep.analysis import figures
 
-    _echo_paths(figures.plot_dynamics(_sweep_for("dynamics", sweep), run or None, layer or None, neurons, metric))
+    _echo_paths(figures.plot_dynamics(_sweep_for("dynamics", sweep), run or None, layer or None, neurons, _value(metric)))
 
 
 @plot_app.command("imbalance")
 @reports_user_errors
 def plot_imbalance(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
-    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
+    metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
 ) -> None:
     """Figure 16: metric against the imbalanced portion p, factor f and width."""
     from rotsweep.analysis import figures
 
-    _echo_paths(figures.plot_imbalance(_sweep_for("imbalance", sweep), metric))
+    _echo_paths(figures.plot_imbalance(_sweep_for("imbalance", sweep), _value(metric)))
 
 
 @plot_app.command("randomwalk")
@@ -403,28 +511,81 @@ def plot_randomwalk(
 
 @plot_app.command("all")
 @reports_user_errors
-def plot_all(sweep: Path = typer.Argument(..., help="sweep directory")) -> None:
-    """Every figure the sweep's data supports."""
+def plot_all(sweep: Path = typer.Argument(..., help="a gathered sweep directory, or a random-walk directory")) -> None:
+    """Every figure the sweep's data supports.
+
+    Exit code 0 when at least one figure was drawn, 1 when the sweep has data for
+    none of them yet (each skip is explained), 2 for a directory that is not a
+    gathered sweep.
+    """
     from rotsweep.analysis import figures
 
-    typer.echo(figures.plot_all(sweep).format())
+    drawn = figures.plot_all(sweep)
+    typer.echo(drawn.format())
+    if not drawn.paths:
+        typer.echo(f"error: no figure drawn from {sweep}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
 @reports_user_errors
 def demo(
-    out: Path = typer.Option(Path("demo"), help="output directory: report.md, findings.json, sweeps/, randomwalk/"),
-    executor: str = typer.Option("local", help="local (this machine) or slurm (profile slurm/local.toml)"),
-    max_parallel: int = typer.Option(2, help="runs at once"),
+    out: str = typer.Option("demo", metavar="DIR", help="output directory: report.md, findings.json, sweeps/, randomwalk/"),
+    executor: Executor = typer.Option(Executor.local, help="this machine, or SLURM with the profile slurm/local.toml"),
+    max_parallel: int = typer.Option(2, min=1, help="runs at once"),
     quick: bool = typer.Option(False, "--quick", help="the reduced demo of the tests (short runs, ~1.5 min)"),
 ) -> None:
     """The paper in miniature: every tiny sweep, the figures and the measured findings in OUT/report.md."""
     from rotsweep.demo import run_demo
 
     try:
-        run_demo(out, executor=executor, quick=quick, max_parallel=max_parallel)
+        run_demo(output_dir(out), executor=executor.value, quick=quick, max_parallel=max_parallel)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+class OneLineUsageError(typer.BadParameter):
+    """A usage error (a typo in a choice, a value out of range, an unknown flag) shown as one
+    line, like a UserError, instead of click's usage block."""
+
+    def show(self, file=None) -> None:
+        typer.echo(f"error: {self.message}", err=True)
+
+
+def _is_usage_error(error: Exception) -> bool:
+    # click's UsageError (exit code 2), except "no arguments: show the help" (NoArgsIsHelpError).
+    return (getattr(error, "exit_code", None) == 2 and hasattr(error, "format_message")
+            and type(error).__name__ != "NoArgsIsHelpError")
+
+
+class OneLineErrors:
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as error:
+            if not _is_usage_error(error):
+                raise
+            raise OneLineUsageError(f"{error.format_message()} (see `{ctx.command_path} --help`)") from None
+
+
+class OneLineErrorsCommand(OneLineErrors, typer.core.TyperCommand):
+    pass
+
+
+class OneLineErrorsGroup(OneLineErrors, typer.core.TyperGroup):
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except Exception as error:
+            if not _is_usage_error(error):
+                raise
+            raise OneLineUsageError(f"{error.format_message()} (see `{ctx.command_path} --help`)") from None
+
+
+for typer_app in (app, plot_app):
+    typer_app.info.cls = OneLineErrorsGroup
+    for info in typer_app.registered_commands:
+        info.cls = OneLineErrorsCommand
 
 
 def main() -> None:  # pragma: no cover - console entry point

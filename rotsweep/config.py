@@ -21,6 +21,12 @@ from typing import Any
 from rotsweep.errors import UserError
 
 
+# Longer than any run of the paper by a factor of 1000 (its longest has 100k steps, 200 epochs):
+# beyond these a run would not end in any allocation, so the value is a typo.
+MAX_STEPS = 100_000_000
+MAX_EPOCHS = 100_000
+
+
 @dataclass(frozen=True)
 class RunConfig:
     # Model (see rotsweep.models.build_model).
@@ -109,18 +115,54 @@ class RunConfig:
     warmup_style: str = "timm"
 
     def __post_init__(self) -> None:
+        # Every value torch would refuse mid-run, or would compute nonsense from, is refused
+        # here: a RunConfig exists only if a run of it can be trained (and a dry run finds it).
+        for name, kind in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if (kind is float or float in typing.get_args(kind)) and isinstance(value, float) \
+                    and not math.isfinite(value):
+                raise UserError(f"{name}={value} must be a finite number")
         if (self.steps is None) == (self.epochs is None):
             raise UserError("a run needs exactly one of `steps` or `epochs`; set one with --set steps=N")
-        if self.steps is not None and self.steps < 1:
-            raise UserError(f"steps={self.steps} must be at least 1")
-        if self.epochs is not None and not self.epochs > 0:
-            raise UserError(f"epochs={self.epochs} must be positive")
+        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
+            raise UserError(f"steps={self.steps} must be between 1 and {MAX_STEPS:,}")
+        if self.epochs is not None and not 0 < self.epochs <= MAX_EPOCHS:
+            raise UserError(f"epochs={self.epochs} must be positive and at most {MAX_EPOCHS:,}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"lr={self.lr} must be a positive number")
         if self.weight_decay < 0:
             raise UserError(f"weight_decay={self.weight_decay} must not be negative")
         if self.batch_size < 1 or self.accumulation < 1:
             raise UserError("batch_size and accumulation must be at least 1")
+        # (lower bound, upper bound, upper bound included): ranges in which the optimizers,
+        # the loss and the schedule are defined (torch refuses beta1 = 1, eps < 0, ...).
+        ranges = {
+            "beta1": (0.0, 1.0, False), "beta2": (0.0, 1.0, False), "momentum": (0.0, 1.0, False),
+            "rv_beta": (0.0, 1.0, False), "eps": (0.0, math.inf, False),
+            "label_smoothing": (0.0, 1.0, True), "imbalance_portion": (0.0, 1.0, True),
+            "onecycle_pct_start": (0.0, 1.0, True), "grad_clip": (0.0, math.inf, False),
+            "min_lr": (0.0, self.lr, True), "warmup_start_lr": (0.0, math.inf, False),
+            "warmup_steps": (0, math.inf, False), "warmup_epochs": (0.0, math.inf, False),
+            "seed": (0, 2**63 - 1, True), "eval_interval": (0, math.inf, False),
+            "dynamics_interval": (0, math.inf, False), "checkpoint_interval": (0, math.inf, False),
+            "dynamics_sample_neurons": (0, math.inf, False),
+        }
+        for name, (low, high, high_included) in ranges.items():
+            value = getattr(self, name)
+            if value < low or value > high or (value == high and not high_included):
+                where = "lr" if name == "min_lr" else ("∞" if high == math.inf else str(high))
+                raise UserError(f"{name}={value} must be in [{low}, {where}{']' if high_included else ')'}")
+        # Positive: 0 would divide by zero (log windows) or freeze the schedule (lr_power 0 is
+        # constant, a negative power makes a cosine lr grow far above its peak).
+        for name in ("train_log_interval", "lr_power", "imbalance_factor", "onecycle_div_factor",
+                     "onecycle_final_div_factor"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{name}={getattr(self, name)} must be positive")
+        # A warmup longer than the run is allowed: the lr then rises linearly throughout, a
+        # well-defined schedule that short test versions of the paper's recipes rely on.
+        for name, limit in (("warmup_steps", MAX_STEPS), ("warmup_epochs", MAX_EPOCHS)):
+            if getattr(self, name) > limit:
+                raise UserError(f"{name}={getattr(self, name)} is longer than any run can be ({limit:,})")
         choices = {
             "optimizer": ("adamw", "adam-l2", "sgdm", "lion"),
             "schedule": ("cosine", "constant", "onecycle"),
@@ -178,8 +220,11 @@ class RunConfig:
     def load(cls, path: str | Path) -> "RunConfig":
         try:
             values = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8
             raise UserError(f"cannot read run config {path}: {error}") from None
+        if not isinstance(values, dict):
+            raise UserError(f"run config {path} holds a JSON {type(values).__name__}, not an object of "
+                            "RunConfig fields; give a run's config.json")
         return cls.from_dict(values)
 
     def replace(self, **changes: Any) -> "RunConfig":

@@ -497,6 +497,7 @@ def run_demo(out: Path, *, executor: str = "local", quick: bool = False, max_par
         raise UserError(f"--max-parallel must be at least 1, got {max_parallel}")
     start = time.perf_counter()
     out = Path(out)
+    store.check_output_dir(out)
     say = print if progress else (lambda *args: None)
 
     sweeps = [(sweep_dir(out, experiment, model, quick), experiment, model)

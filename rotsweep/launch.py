@@ -15,6 +15,11 @@ the scheduler says of its job (one sacct call for the whole sweep):
     failed (exception)        the run raised: resubmitted only with --rerun-failed
     failed (crashed)          the job ended without the run saying why (killed, OOM,
                               COMPLETED without a finished run): submitted again
+    unreadable                status.json cannot be read: reported, never submitted
+                              (fix the file, or delete the run directory to train it again)
+
+A file that cannot be read (a run's status.json or metrics.parquet) is reported, as
+gather reports it, and does not stop `status` or `launch` for the other runs.
 
 Local execution uses the same code path: submitit's LocalExecutor starts every
 job at once, so runs are packed into at most `max_parallel` jobs that each
@@ -46,7 +51,7 @@ from pathlib import Path
 import submitit
 
 from rotsweep import __version__, store
-from rotsweep.config import RunConfig
+from rotsweep.config import RunConfig, parse_assignments
 from rotsweep.errors import UserError
 from rotsweep.experiments import get_experiment
 
@@ -79,13 +84,49 @@ def load_profile(name: str) -> dict:
     gpus_per_node, slurm_partition, slurm_array_parallelism, ...), see slurm/README.md.
     """
     path = Path(name) if name.endswith(".toml") else PROFILE_DIR / f"{name}.toml"
-    if not path.exists():
+    if not path.is_file():
         available = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))) or "none"
-        raise UserError(f"unknown profile {name!r}: no file {path}; available profiles: {available}")
+        what = "a directory, not a file" if path.is_dir() else "no file"
+        raise UserError(f"unknown profile {name!r}: {path} is {what}; available profiles: {available}")
     try:
-        return tomllib.loads(path.read_text())
+        profile = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"profile {path} is not UTF-8 text; save it as UTF-8 TOML") from None
+    except OSError as error:
+        raise UserError(f"cannot read profile {path}: {error.strerror or error}") from None
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"profile {path} is not valid TOML: {error}") from None
+    check_profile(profile, path)
+    return profile
+
+
+# The type of each AutoExecutor parameter that a profile may set, besides the slurm_* ones
+# (submitit's AutoExecutor: the generic parameters every cluster understands).
+GENERIC_PROFILE_TYPES = {"timeout_min": int, "mem_gb": (int, float), "nodes": int, "tasks_per_node": int,
+                         "cpus_per_task": int, "gpus_per_node": int, "stderr_to_stdout": bool}
+
+
+def check_profile(profile: dict, path: Path) -> None:
+    """Refuse unknown keys and wrongly typed values now, before a manifest is written or sbatch asked."""
+    import typing
+
+    from submitit.slurm import slurm
+
+    slurm_types = typing.get_type_hints(slurm._make_sbatch_string)
+    for key, value in profile.items():
+        if key.startswith("slurm_") and key[len("slurm_"):] in slurm_types:
+            expected = typing.get_args(slurm_types[key[len("slurm_"):]]) or (slurm_types[key[len("slurm_"):]],)
+            expected = tuple(typing.get_origin(t) or t for t in expected if t is not type(None))
+        elif key in GENERIC_PROFILE_TYPES:
+            expected = GENERIC_PROFILE_TYPES[key]
+            expected = expected if isinstance(expected, tuple) else (expected,)
+        else:
+            raise UserError(f"profile {path}: unknown key {key!r}; keys are submitit AutoExecutor parameters "
+                            f"({', '.join(GENERIC_PROFILE_TYPES)}, or slurm_ and an sbatch option), see slurm/README.md")
+        # TOML's true/false are Python bools, which isinstance also counts as ints.
+        if not (bool in expected if isinstance(value, bool) else isinstance(value, expected)):
+            names = " or ".join(t.__name__ for t in expected)
+            raise UserError(f"profile {path}: {key} = {value!r} has the wrong type, expected {names}")
 
 
 # --- Asking the scheduler ------------------------------------------------------------------
@@ -268,17 +309,41 @@ def job_states(jobs: dict[str, dict]) -> dict[str, str]:
 
 @dataclass
 class RunState:
-    state: str  # done | diverged | running | queued | pending | preempted | cancelled | failed
+    state: str  # done | diverged | running | queued | pending | preempted | cancelled | failed | unreadable
     detail: str = ""
     crashed: bool = False  # failed without the run recording why: resubmitted automatically
 
 
-def run_state(status: dict, job_state: str | None, has_config: bool = True) -> RunState:
-    """Combine a run's status.json with its job's scheduler state."""
+# A run whose status.json cannot be read: its state is unknown, so it is neither counted as
+# finished nor submitted again (its job could not read the file either) until someone looks.
+UNREADABLE = "unreadable"
+
+
+def read_run_status(run_dir: Path) -> tuple[dict, str | None]:
+    """(status.json, None), or ({"status": "unreadable"}, why) for a file no run could have written."""
+    try:
+        status = store.read_status(run_dir)
+    except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8
+        return {"status": UNREADABLE}, f"{store.STATUS_FILE}: {type(error).__name__}: {_first_line(error)}"
+    if not isinstance(status, dict) or status.get("status") not in store.RUN_STATUSES:
+        return {"status": UNREADABLE}, f"{store.STATUS_FILE}: no valid \"status\" (one of {', '.join(store.RUN_STATUSES)})"
+    return status, None
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else ""
+
+
+def run_state(status: dict, job_state: str | None, has_config: bool = True, job_id: str | None = None,
+              problem: str | None = None) -> RunState:
+    """Combine a run's status.json with its job's scheduler state (job_id, problem: for the detail)."""
     if not has_config:
         # No config.json (never submitted, or its directory was deleted): no job can run it.
-        return RunState("pending", "not submitted")
+        return RunState("pending", f"its directory is gone since job {job_id}" if job_id else "not submitted")
     recorded = status["status"]
+    if recorded == UNREADABLE:
+        return RunState(UNREADABLE, f"{problem}; fix the file, or delete the run directory to train the run again")
     if recorded in store.FINISHED_STATUSES:
         return RunState(recorded)
     if job_state in ACTIVE_JOB_STATES:
@@ -293,13 +358,18 @@ def run_state(status: dict, job_state: str | None, has_config: bool = True) -> R
         return RunState("preempted", "interrupted; resumes from its checkpoint")
     if job_state is None:
         if recorded == "pending":
-            return RunState("pending", "not submitted")
+            # A SLURM array task cancelled before it started leaves no accounting record.
+            return RunState("pending", f"job {job_id} ended before the run started (cancelled while pending?)"
+                            if job_id else "not submitted")
         return RunState("failed", "no job known for a started run", crashed=True)
+    if recorded == "pending":  # a job that ran other runs of its pack, or none, and ended
+        return RunState("pending", f"job {job_state} before the run started")
     # The job is over (COMPLETED, FAILED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL ...) but the run never finished.
     return RunState("failed", f"job {job_state} without a finished run", crashed=True)
 
 
 def should_submit(state: RunState, rerun_failed: bool) -> bool:
+    """Pending, interrupted and crashed runs; failed ones on request; never unreadable ones."""
     if state.state in ("pending", "preempted", "cancelled"):
         return True
     return state.state == "failed" and (state.crashed or rerun_failed)
@@ -327,6 +397,7 @@ class Plan:
     axes: dict
     runs: list[PlannedRun] = field(default_factory=list)
     rerun_failed: bool = False
+    problems: list[str] = field(default_factory=list)  # unreadable run files, as "run_id: file: reason"
 
     @property
     def to_submit(self) -> list[PlannedRun]:
@@ -355,7 +426,14 @@ def make_plan(
     overrides: list[str] = (),
     rerun_failed: bool = False,
 ) -> Plan:
-    """Expand the experiment's grid and decide, run by run, what to submit. Writes nothing."""
+    """Expand the experiment's grid and decide, run by run, what to submit. Writes nothing.
+
+    Every config is checked as a job would check it (model, data set and their options),
+    so that a dry run refuses what a launch would only find out on the nodes.
+    """
+    from rotsweep.data import check_dataset
+    from rotsweep.models import check_model
+
     if scale not in SCALES:
         raise UserError(f"unknown scale {scale!r}; choose paper or tiny")
     spec = get_experiment(experiment)
@@ -363,25 +441,101 @@ def make_plan(
     unique = list({config.run_id: config for config in configs}.values())
     if not unique:
         raise UserError(f"the grid of {experiment} for {model} at {scale} scale is empty; check --seeds and --set")
+    for config in unique:
+        check_model(config.model, config.model_options)
+        check_dataset(config.dataset, config.dataset_options)
     sweep = Path(out) if out is not None else default_sweep_dir(experiment, model, scale)
-    plan = Plan(experiment, model, scale, sweep, seeds, list(overrides), spec.axes(model, scale),
-                rerun_failed=rerun_failed)
+    store.check_output_dir(sweep)
+    # The sweep's identity is what it computes, however it was spelled: the default seeds given
+    # explicitly are the default, `--set "steps= 1200"` is `--set steps=1200`.
+    default_seeds = spec.sweep(model, scale).seeds
+    plan = Plan(experiment, model, scale, sweep, canonical_seeds(seeds, default_seeds), canonical_overrides(overrides),
+                spec.axes(model, scale), rerun_failed=rerun_failed)
 
-    manifest = store.read_manifest(sweep)
+    manifest = read_manifest_checked(sweep)
     if manifest is not None:
         recorded = {key: manifest.get(key) for key in plan.manifest_identity()}
+        recorded["seeds"] = canonical_seeds(recorded["seeds"], default_seeds)
+        recorded["overrides"] = canonical_overrides(recorded["overrides"] or [])
         if recorded != plan.manifest_identity():
             raise UserError(
                 f"{sweep} holds another sweep ({manifest['experiment']} {manifest['model']} {manifest['scale']}, "
                 f"seeds {manifest.get('seeds')}, --set {manifest.get('overrides')}); choose another --out"
             )
-    states = job_states(manifest.get("jobs", {}) if manifest else {})
+    jobs = manifest.get("jobs", {}) if manifest else {}
+    states = job_states(jobs)
     for config in unique:
         directory = store.run_dir(sweep, config.run_id)
-        state = run_state(store.read_status(directory), states.get(config.run_id),
-                          (directory / store.CONFIG_FILE).exists())
+        status, problem = read_run_status(directory)
+        config_problem = _config_problem(directory, config)
+        if config_problem:
+            status, problem = {"status": UNREADABLE}, config_problem
+        if problem:
+            plan.problems.append(f"{config.run_id}: {problem}")
+        state = run_state(status, states.get(config.run_id), (directory / store.CONFIG_FILE).exists(),
+                          jobs.get(config.run_id, {}).get("job_id"), problem)
         plan.runs.append(PlannedRun(config, directory, state, should_submit(state, rerun_failed)))
     return plan
+
+
+def _config_problem(run_dir: Path, config: RunConfig) -> str | None:
+    """Why the run directory's config.json is not `config` (unreadable, or another run's), if it is not."""
+    path = run_dir / store.CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        recorded = RunConfig.load(path)
+    except UserError as error:
+        return f"{store.CONFIG_FILE}: {_first_line(error)}"
+    return None if recorded == config else f"{store.CONFIG_FILE}: holds run {recorded.run_id}"
+
+
+def canonical_seeds(seeds: list[int] | None, default: tuple[int, ...]) -> list[int] | None:
+    """None for the experiment's default seeds (however given), else the sorted distinct seeds."""
+    if seeds is None or sorted(set(seeds)) == sorted(set(default)):
+        return None
+    return sorted(set(seeds))
+
+
+def canonical_overrides(overrides: list[str]) -> list[str]:
+    """`--set` items as sorted key=JSON strings, the last of a repeated key winning."""
+    values = parse_assignments(list(overrides))
+    return [f"{key}={json.dumps(value, sort_keys=True)}" for key, value in sorted(values.items())]
+
+
+def read_manifest_checked(sweep: Path) -> dict | None:
+    """The sweep's manifest.json (None if it has none); a UserError if it is not one rotsweep wrote."""
+    path = Path(sweep) / store.MANIFEST_FILE
+    try:
+        manifest = store.read_manifest(sweep)
+    except (OSError, ValueError) as error:
+        manifest, why = None, f"{type(error).__name__}: {_first_line(error)}"
+    else:
+        why = None if manifest is None else _manifest_problem(manifest)
+    if why:
+        raise UserError(f"{path} is unreadable ({why}); move it away (finished runs are found again by their "
+                        "run_id) and launch again")
+    return manifest
+
+
+def _manifest_problem(manifest) -> str | None:
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    if not all(isinstance(manifest.get(key), str) for key in ("experiment", "model", "scale")):
+        return "no experiment, model and scale"
+    runs, jobs = manifest.get("runs", []), manifest.get("jobs", {})
+    if not isinstance(runs, list) or not all(isinstance(run_id, str) for run_id in runs):
+        return "\"runs\" is not a list of run ids"
+    overrides, seeds = manifest.get("overrides") or [], manifest.get("seeds") or []
+    if not isinstance(overrides, list) or not all(isinstance(item, str) and "=" in item for item in overrides):
+        return "\"overrides\" is not a list of key=value"
+    if not isinstance(seeds, list) or not all(isinstance(seed, int) for seed in seeds):
+        return "\"seeds\" is not a list of integers"
+    if not isinstance(jobs, dict) or not all(
+            isinstance(job, dict) and isinstance(job.get("job_id"), str) and job.get("executor") in EXECUTORS
+            for job in jobs.values()):
+        return "\"jobs\" is not a table of jobs"
+    return None
 
 
 # --- The job: what runs on a node ----------------------------------------------------------
@@ -435,6 +589,32 @@ def local_cpu_threads(max_parallel: int) -> int:
     return max(1, (os.cpu_count() or 1) // max_parallel)
 
 
+def check_submission_options(executor: str, max_parallel: int | None, runs_per_job: int) -> None:
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor {executor!r}; choose slurm or local")
+    if runs_per_job < 1:
+        raise UserError(f"--runs-per-job must be at least 1, got {runs_per_job}")
+    if max_parallel is not None and max_parallel < 1:
+        raise UserError(f"--max-parallel must be at least 1, got {max_parallel}")
+
+
+@dataclass
+class Packing:
+    runs_per_job: int
+    max_parallel: int | None  # SLURM's array throttle; for local jobs, how many run at once
+    threads: int | None  # torch threads per local job (SLURM jobs take cpus_per_task)
+
+
+def packing(executor: str, runs: int, max_parallel: int | None, runs_per_job: int) -> Packing:
+    """How `runs` runs become jobs. Locally: a bounded pool of at most max_parallel (default 1)
+    jobs, each running its share in sequence, since submitit starts every local job at once."""
+    if executor != "local":
+        return Packing(runs_per_job, max_parallel, None)
+    max_parallel = max_parallel or 1
+    runs_per_job = max(runs_per_job, math.ceil(runs / max_parallel)) if runs else 1
+    return Packing(runs_per_job, max_parallel, local_cpu_threads(min(max_parallel, max(runs, 1))))
+
+
 def make_executor(executor: str, sweep: Path, profile: dict, max_parallel: int | None, name: str):
     folder = store.jobs_dir(sweep)
     if executor == "slurm":
@@ -470,12 +650,7 @@ def submit(
     data_dir: str | None = None,
 ) -> Submission:
     """Submit the plan's runs; returns as soon as the scheduler has them."""
-    if executor not in EXECUTORS:
-        raise UserError(f"unknown executor {executor!r}; choose slurm or local")
-    if runs_per_job < 1:
-        raise UserError("--runs-per-job must be at least 1")
-    if max_parallel is not None and max_parallel < 1:
-        raise UserError("--max-parallel must be at least 1")
+    check_submission_options(executor, max_parallel, runs_per_job)
     profile = load_profile(profile_name or default_profile(plan.scale))
     if executor == "slurm":
         check_slurm_reachable()
@@ -495,15 +670,10 @@ def submit_locked(
 ) -> Submission:
     """submit()'s work, done while holding the sweep's lock."""
     runs = plan.to_submit
-    if executor == "local":
-        # Bounded local pool: at most max_parallel jobs, each running its share in sequence.
-        max_parallel = max_parallel or 1
-        runs_per_job = max(runs_per_job, math.ceil(len(runs) / max_parallel)) if runs else 1
-        threads = local_cpu_threads(min(max_parallel, max(len(runs), 1)))
-    else:
-        threads = None
-    groups = pack(runs, runs_per_job)
-    jobs_to_make = [RunJob([str(run.run_dir) for run in group], data_dir, threads) for group in groups]
+    packed = packing(executor, len(runs), max_parallel, runs_per_job)
+    max_parallel = packed.max_parallel
+    groups = pack(runs, packed.runs_per_job)
+    jobs_to_make = [RunJob([str(run.run_dir) for run in group], data_dir, packed.threads) for group in groups]
     for job in jobs_to_make:
         pickle.dumps(job)  # fail here, not on the node, if something cannot be pickled
 
@@ -708,9 +878,15 @@ def submitit_sbatch_script(
 def dry_run_report(
     plan: Plan, *, executor: str, profile_name: str | None, max_parallel: int | None, runs_per_job: int
 ) -> dict:
-    """Everything `launch` would do, as data: runs, grid, resources, sbatch header, GPU hours."""
+    """Everything `launch` would do, as data: runs, grid, resources, sbatch header, GPU hours.
+
+    Checks what `submit` checks first, and counts jobs as it packs them; local jobs have no
+    profile (their resources are this machine's), and nothing to submit has no sbatch header.
+    """
+    check_submission_options(executor, max_parallel, runs_per_job)
     profile = load_profile(profile_name or default_profile(plan.scale))
-    jobs = math.ceil(len(plan.to_submit) / runs_per_job)
+    packed = packing(executor, len(plan.to_submit), max_parallel, runs_per_job)
+    jobs = len(pack(plan.to_submit, packed.runs_per_job))
     hours = [estimated_gpu_hours(run.config) for run in plan.to_submit]
     known = [h for h in hours if h is not None]
     report = {
@@ -727,11 +903,15 @@ def dry_run_report(
         "to_submit": len(plan.to_submit),
         "already_done": len(plan.already_done),
         "executor": executor,
-        "profile": profile,
+        "profile": profile if executor == "slurm" else None,
         "jobs": jobs,
+        "runs_per_job": packed.runs_per_job,
+        "max_parallel": packed.max_parallel,
+        "threads_per_job": packed.threads,
         "gpu_hours": round(sum(known) * profile.get("gpus_per_node", 1), 1) if known and plan.scale == "paper" else None,
+        "problems": plan.problems,
     }
-    if executor == "slurm":
+    if executor == "slurm" and jobs:
         report["sbatch_header"] = sbatch_header(
             profile, plan.sweep, f"rotsweep-{plan.experiment}", jobs, max_parallel
         )
@@ -766,7 +946,14 @@ def format_dry_run(report: dict) -> str:
         config = run["config"]
         mark = "submit" if run["submit"] else "skip  "
         lines.append(f"  {mark} {run['run_id']}  {run['state']:9s} {describe_run(config)}")
-    lines.append(f"{report['executor']} jobs: {report['jobs']}; resources per job: {report['profile']}")
+    if report["executor"] == "slurm":
+        lines.append(f"slurm jobs: {report['jobs']}; resources per job: {report['profile']}")
+    else:
+        lines.append(f"local jobs: {report['jobs']} at once on this machine, {report['runs_per_job']} run(s) each "
+                     f"in sequence, {report['threads_per_job']} torch thread(s) each")
+    if not report["to_submit"]:
+        lines.append("to_submit: 0 (nothing to do: every run is finished, in flight or needs --rerun-failed)")
+    lines += [f"problem: {problem}" for problem in report["problems"]]
     if report.get("gpu_hours") is not None:
         lines.append(f"estimated A100 GPU-hours (from the paper's Table 4/5 durations): {report['gpu_hours']}")
     if "sbatch_header" in report:
@@ -779,7 +966,7 @@ def format_dry_run(report: dict) -> str:
 
 
 def load_sweep(sweep: Path) -> dict:
-    manifest = store.read_manifest(sweep)
+    manifest = read_manifest_checked(sweep)
     if manifest is None:
         raise UserError(f"{sweep} is not a sweep directory (no {store.MANIFEST_FILE}); launch one with `rotsweep launch`")
     return manifest
@@ -792,7 +979,7 @@ def last_metric(run_dir: Path) -> tuple[str, float] | None:
     path = run_dir / store.METRICS_FILE
     if not path.exists():
         return None
-    table = pq.read_table(path).to_pandas()
+    table = pq.read_table(path, columns=["split", "metric", "value"]).to_pandas()
     val = table[table["split"] == "val"]
     if val.empty:
         val = table
@@ -804,16 +991,36 @@ def last_metric(run_dir: Path) -> tuple[str, float] | None:
 
 
 def sweep_status(sweep: Path) -> dict:
-    """Every run's state, step and last metric, from the run directories and one sacct call."""
-    manifest = load_sweep(sweep)
+    """Every run's state, step and last metric, from the run directories and one sacct call.
+
+    Like gather, a file that cannot be read is reported (the report's `problems`), not fatal:
+    an unreadable manifest.json leaves the run directories to list the runs, an unreadable
+    status.json makes its run `unreadable`, an unreadable metrics.parquet its metric unknown.
+    """
+    problems: list[str] = []
+    try:
+        manifest = load_sweep(sweep)
+    except UserError as error:
+        if not store.runs_dir(sweep).is_dir() or not (Path(sweep) / store.MANIFEST_FILE).exists():
+            raise
+        problems.append(str(error))
+        runs_found = sorted(entry.name for entry in store.runs_dir(sweep).iterdir() if entry.is_dir())
+        manifest = {"experiment": "?", "model": "?", "scale": "?", "runs": runs_found, "jobs": {}}
     states = job_states(manifest.get("jobs", {}))
     runs = []
     for run_id in manifest["runs"]:
         directory = store.run_dir(sweep, run_id)
-        status = store.read_status(directory)
-        state = run_state(status, states.get(run_id), (directory / store.CONFIG_FILE).exists())
+        status, problem = read_run_status(directory)
         job = manifest.get("jobs", {}).get(run_id, {})
-        metric = last_metric(directory)
+        state = run_state(status, states.get(run_id), (directory / store.CONFIG_FILE).exists(), job.get("job_id"),
+                          problem)
+        try:
+            metric = last_metric(directory)
+        except (OSError, ValueError, KeyError, IndexError) as error:  # pyarrow's errors are OSError/ValueError
+            metric = None
+            problem = f"{store.METRICS_FILE}: {type(error).__name__}: {_first_line(error)}"
+        if problem:
+            problems.append(f"{run_id}: {problem}")
         runs.append({
             "run_id": run_id,
             "state": state.state,
@@ -829,7 +1036,7 @@ def sweep_status(sweep: Path) -> dict:
     for run in runs:
         counts[run["state"]] = counts.get(run["state"], 0) + 1
     return {"sweep": str(sweep), "experiment": manifest["experiment"], "model": manifest["model"],
-            "scale": manifest["scale"], "counts": counts, "runs": runs}
+            "scale": manifest["scale"], "counts": counts, "runs": runs, "problems": problems}
 
 
 def cancel(sweep: Path) -> list[str]:
@@ -878,10 +1085,11 @@ def format_status(report: dict) -> str:
         metric = f"{run['metric']} {run['value']:.4g}" if run["metric"] else "-"
         detail = run["detail"] + (f" (log: {run['log']})" if run["state"] == "failed" else "")
         lines.append(f"  {run['run_id']:12s}  {run['state']:9s}  {steps:>13s}  {metric:>20s}  {str(run['job_id'] or '-'):>10s}  {detail}")
+    lines += [f"problem: {problem}" for problem in report.get("problems", [])]
     return "\n".join(lines)
 
 
-STOPPED_STATES = ("done", "diverged", "failed", "cancelled", "pending", "preempted")
+STOPPED_STATES = ("done", "diverged", "failed", "cancelled", "pending", "preempted", UNREADABLE)
 
 
 def all_stopped(report: dict) -> bool:

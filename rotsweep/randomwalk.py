@@ -42,10 +42,11 @@ import torch
 import torch.nn.functional as F
 
 from rotsweep import theory
+from rotsweep.config import MAX_STEPS
 from rotsweep.dynamics import DynamicsRecorder
 from rotsweep.errors import UserError
 from rotsweep.optim import build_optimizer
-from rotsweep.store import write_json, write_parquet
+from rotsweep.store import check_output_dir, write_json, write_parquet
 
 BATCH, FAN_IN, NEURONS = 32, 128, 128  # B, C, K of Appendix F.2
 
@@ -67,6 +68,8 @@ PAPER_HYPERPARAMETERS = {
 # whose largest neurons relax on a ~10k-step scale here (rate 1.5·η²C/‖ω̂‖², from eq. 86).
 DEFAULT_STEPS = {"adamw": 15_000, "adam-l2": 40_000, "sgdm": 15_000, "lion": 15_000}
 RECORD_INTERVAL = 10
+# The last quarter of the steps must hold at least one record to measure anything.
+MIN_STEPS = 4 * RECORD_INTERVAL
 
 
 class SimpleSystem:
@@ -107,8 +110,11 @@ def run(optimizer: str, *, steps: int | None = None, rotational: bool = False, o
     if optimizer not in theory.OPTIMIZERS:
         raise UserError(f"unknown --optimizer {optimizer!r}; choose one of {', '.join(theory.OPTIMIZERS)}")
     steps = DEFAULT_STEPS[optimizer] if steps is None else steps
-    if steps < 4:
-        raise UserError(f"--steps must be at least 4 (the measurement averages the last quarter), got {steps}")
+    if not MIN_STEPS <= steps <= MAX_STEPS:
+        raise UserError(f"--steps must be between {MIN_STEPS} (the measurement averages the records of the last "
+                        f"quarter, taken every {RECORD_INTERVAL} steps) and {MAX_STEPS:,}; got {steps}")
+    if out is not None:
+        check_output_dir(out)  # before minutes of simulation
     hyper = dict(PAPER_HYPERPARAMETERS[optimizer])
     hyper.update({k: v for k, v in dict(lr=lr, weight_decay=weight_decay).items() if v is not None})
     eta_r_from = "adamw" if rotational and optimizer == "adam-l2" else optimizer
@@ -165,7 +171,10 @@ def run(optimizer: str, *, steps: int | None = None, rotational: bool = False, o
     }
     if out is not None:
         write_parquet(Path(out) / "dynamics.parquet", table)
-        write_json(Path(out) / "randomwalk.json", result)
+        # JSON has no NaN or infinity: a value that is not a number is written as null.
+        write_json(Path(out) / "randomwalk.json",
+                   {key: None if isinstance(value, float) and not math.isfinite(value) else value
+                    for key, value in result.items()})
     return result
 
 

@@ -31,12 +31,19 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+TMP_SUFFIX = ".tmp"
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success move it over `path`."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX)
+    except OSError as error:  # a file where a directory should be, no permission, read-only ...
+        raise UserError(f"cannot write {target}: {error.strerror or error}; "
+                        f"{target.parent} must be a writable directory") from None
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates 0600 files; give them the usual umask-based mode, so that other
@@ -47,6 +54,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files atomic_path left in `directory` when its process was killed.
+
+    Only for a directory that no other process writes to at the time (a run directory
+    when its run starts); returns what was deleted.
+    """
+    stale = [path for path in Path(directory).glob(f".*{TMP_SUFFIX}") if path.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def check_output_dir(directory: str | os.PathLike) -> None:
+    """A UserError unless `directory` is, or can be created as, a writable directory.
+
+    Called before anything is computed or written, so that a bad output path fails at once.
+    """
+    directory = Path(directory)
+    existing = directory
+    while not existing.exists():
+        if existing.is_symlink() or existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        what = "is a file" if existing == directory else f"is inside {existing}, which is a file"
+        raise UserError(f"{directory} {what}; give a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write in {existing} (permission denied); give a directory you can write to")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -107,6 +144,7 @@ def jobs_dir(sweep: str | os.PathLike) -> Path:
 def prepare_run_dir(config: RunConfig, run_dir: str | os.PathLike) -> None:
     """Create run_dir with config.json, refusing a directory that belongs to another config."""
     run_dir = Path(run_dir)
+    check_output_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / CONFIG_FILE
     if config_path.exists():

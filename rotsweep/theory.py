@@ -302,17 +302,18 @@ def predict_cli(optimizer, *, lr, weight_decay, dim, beta1, beta2, momentum, gra
         raise UserError(f"unknown --optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     if beta2 is None:
         beta2 = default_beta2(optimizer)
-    if not lr > 0:
-        raise UserError(f"--lr must be > 0, got {lr}")
-    if not weight_decay > 0:
-        raise UserError(f"--weight-decay must be > 0 (without it there is no equilibrium), got {weight_decay}")
+    if not 0 < lr < math.inf:
+        raise UserError(f"--lr must be a finite number > 0, got {lr}")
+    if not 0 < weight_decay < math.inf:
+        raise UserError(f"--weight-decay must be a finite number > 0 (without it there is no equilibrium), "
+                        f"got {weight_decay}")
     for flag, value in (("--beta1", beta1), ("--beta2", beta2), ("--momentum", momentum)):
         if not 0 <= value < 1:
             raise UserError(f"{flag} must be in [0, 1), got {value}")
     if dim is not None and dim < 1:
         raise UserError(f"--dim must be a positive integer, got {dim}")
-    if grad_norm is not None and not grad_norm > 0:
-        raise UserError(f"--grad-norm must be > 0, got {grad_norm}")
+    if grad_norm is not None and not 0 < grad_norm < math.inf:
+        raise UserError(f"--grad-norm must be a finite number > 0, got {grad_norm}")
     if optimizer == "adam-l2":
         if grad_norm is None:
             raise UserError("adam-l2 needs --grad-norm (sqrt(E‖g̃‖²) of a unit-norm weight): "

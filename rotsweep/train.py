@@ -22,6 +22,7 @@ import os
 import pickle
 import re
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -33,10 +34,10 @@ import torch.nn.functional as F
 
 from rotsweep import store
 from rotsweep.config import RunConfig
-from rotsweep.data import load_dataset
+from rotsweep.data import check_dataset, load_dataset
 from rotsweep.dynamics import DynamicsRecorder
 from rotsweep.errors import UserError
-from rotsweep.models import build_model, param_groups
+from rotsweep.models import build_model, check_model, param_groups
 from rotsweep.optim import build_optimizer
 from rotsweep.schedule import learning_rate
 
@@ -47,9 +48,22 @@ from rotsweep.store import (
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The requested device, refused with a UserError unless it exists here; default cuda, else cpu."""
+    if not requested:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"unknown device {requested!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= available:
+            raise UserError(f"device {requested!r} is not available ({available} CUDA device(s) here); use cpu")
+    elif device.type != "cpu":  # mps, xpu ...: torch.<type>.is_available() where torch has one
+        backend = getattr(torch, device.type, None)
+        if not (hasattr(backend, "is_available") and backend.is_available()):
+            raise UserError(f"device {requested!r} is not available here; use cpu or cuda")
+    return device
 
 
 @dataclass
@@ -96,14 +110,21 @@ def run(
 ) -> str:
     """Train (or resume) one run in run_dir; returns its final status."""
     run_dir = Path(run_dir)
+    # What can be refused without data or tensors is refused before anything is written.
+    chosen_device = pick_device(device)
+    check_model(config.model, config.model_options)
+    check_dataset(config.dataset, config.dataset_options)
     prepare_run_dir(config, run_dir)
     status = read_status(run_dir)
     if status["status"] in FINISHED_STATUSES:
         return status["status"]
+    # This process is the run's only writer now: what a killed one was writing is garbage.
+    for directory in (run_dir, run_dir / DYNAMICS_DIR):
+        store.remove_temporaries(directory)
     log = RunLog(run_dir / LOG_FILE, echo=echo)
     threads = torch.get_num_threads()  # a resumed run may change it (see Trainer.__init__); restored below
     try:
-        return Trainer(config, run_dir, pick_device(device), data_dir, log).train(progress=progress)
+        return Trainer(config, run_dir, chosen_device, data_dir, log).train(progress=progress)
     except BaseException as error:
         # KeyboardInterrupt and SystemExit (SLURM preemption) leave a resumable run behind.
         interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
@@ -414,6 +435,9 @@ def read_checkpoint(path: Path, device: torch.device, log: RunLog) -> dict | Non
         os.replace(path, aside)
         reason = (str(error).strip().splitlines() or [""])[0][:200]
         log(f"checkpoint unreadable ({type(error).__name__}: {reason}); moved to {aside.name}, starting over")
+        # One line for whoever started the run too: its results will come from a fresh start.
+        print(f"warning: {path} is not a complete checkpoint (truncated?); moved to {aside.name}, "
+              "starting the run over from step 0", file=sys.stderr, flush=True)
         return None
 
 

@@ -1100,11 +1100,18 @@ def read_randomwalks(directory: str | os.PathLike) -> list[tuple[dict, pd.DataFr
                 raise UserError(f"{child / 'randomwalk.json'} has no {', '.join(missing)} (an older version wrote "
                                 f"it); run `rotsweep randomwalk --optimizer {result.get('optimizer', 'NAME')} "
                                 f"--out {child}` again")
-            walks.append((result, pd.read_parquet(child / "dynamics.parquet")))
+            walks.append(({**result, "directory": child.name}, pd.read_parquet(child / "dynamics.parquet")))
     if not walks:
         raise MissingData("randomwalk", f"random-walk runs in {directory}/ (subdirectories with randomwalk.json)")
     order = {name: k for k, name in enumerate(("sgdm", "adamw", "adam-l2", "lion"))}
     return sorted(walks, key=lambda walk: (walk[0]["rotational"], order.get(walk[0]["optimizer"], 9)))
+
+
+def _walk_title(result: dict) -> str:
+    name = ("RV-" if result["rotational"] else "") + OPTIMIZER_NAMES.get(result["optimizer"], result["optimizer"])
+    if result.get("eta_r_from", result["optimizer"]) != result["optimizer"]:
+        name += f" ({ETA_R_HAT} of {OPTIMIZER_NAMES.get(result['eta_r_from'], result['eta_r_from'])})"
+    return f"{name}\nη {_number(result['lr'])}, λ {_number(result['weight_decay'])}"
 
 
 def draw_randomwalk(walks: list[tuple[dict, pd.DataFrame]], examples: int = 4) -> plt.Figure:
@@ -1116,6 +1123,7 @@ def draw_randomwalk(walks: list[tuple[dict, pd.DataFrame]], examples: int = 4) -
     fig, axes = plt.subplots(3, len(walks), figsize=(3.6 * len(walks) + 0.4, 8.2), squeeze=False, sharex="col",
                              layout="constrained")
     colors = ["#e7298a", "#ff7f00", "#33a02c", "#1f78b4"]  # pink, orange, green, blue as in the paper
+    titles = [_walk_title(result) for result, _ in walks]
     for column, (result, table) in enumerate(walks):
         table = table[table["param"] == table["param"].iloc[0]]
         # Neurons with different gradient sizes, from the smallest to the largest of the sampled ones.
@@ -1135,11 +1143,10 @@ def draw_randomwalk(walks: list[tuple[dict, pd.DataFrame]], examples: int = 4) -
             ax.grid(alpha=0.3)
             if column == 0:
                 ax.set_ylabel(label)
-        name = ("RV-" if result["rotational"] else "") + OPTIMIZER_NAMES.get(result["optimizer"], result["optimizer"])
-        if result.get("eta_r_from", result["optimizer"]) != result["optimizer"]:
-            name += f" ({ETA_R_HAT} of {OPTIMIZER_NAMES.get(result['eta_r_from'], result['eta_r_from'])})"
-        axes[0][column].set_title(f"{name}\nη {_number(result['lr'])}, λ {_number(result['weight_decay'])}",
-                                  fontsize=10)
+        title = titles[column]
+        if titles.count(title) > 1:  # walks that differ only in what the title leaves out
+            title += f"\n{result.get('directory', '')} ({result.get('steps', '?')} steps)"
+        axes[0][column].set_title(title, fontsize=10)
         _steps_axis(axes[-1][column])
     handles = [Line2D([], [], color=colors[0], label="individual neurons (each colour one)"),
                Line2D([], [], color="black", linewidth=1.6, label="layer average (RMS for the norm)"),
@@ -1179,6 +1186,23 @@ ALL_FIGURES: list[tuple[str, Callable[[Path], list[Path]], str]] = [
 ]
 
 
+def _require_gathered(directory: Path) -> None:
+    """A UserError naming the command to run when `directory` is not a gathered sweep."""
+    if gather.output_paths(directory)["runs"].is_file():
+        return
+    if (directory / store.CONFIG_FILE).is_file() or (directory / store.STATUS_FILE).is_file():
+        sweep = directory.parent.parent if directory.parent.name == "runs" else None
+        where = (f"`rotsweep gather {sweep}`, then `rotsweep plot all {sweep}`" if sweep is not None
+                 else "`rotsweep gather SWEEP` on the sweep that holds it")
+        raise UserError(f"{directory} is a run directory, not a sweep: figures are drawn from a gathered sweep; "
+                        f"run {where}")
+    if (directory / store.MANIFEST_FILE).is_file() or store.runs_dir(directory).is_dir():
+        raise UserError(f"{directory} has not been gathered (no {gather.output_paths(directory)['runs']}); "
+                        f"run `rotsweep gather {directory}`, then `rotsweep plot all {directory}`")
+    raise UserError(f"{directory} is neither a sweep nor a random-walk directory; give the directory that "
+                    "`rotsweep launch` (then `rotsweep gather`) or `rotsweep randomwalk --out` wrote")
+
+
 @dataclass
 class Drawn:
     """What plot_all drew, and why it skipped the others."""
@@ -1198,6 +1222,8 @@ def plot_all(sweep: str | os.PathLike) -> Drawn:
     if not sweep.is_dir():
         raise UserError(f"{sweep} is not a directory; give a sweep directory (or a random-walk one)")
     walk = _is_randomwalk_dir(sweep)
+    if not walk:
+        _require_gathered(sweep)
     drawn = Drawn()
     for name, plot, requirement in ALL_FIGURES:
         if walk != (requirement == "randomwalk"):

@@ -194,11 +194,18 @@ def read_results(sweep: str | os.PathLike, name: str) -> pd.DataFrame:
         metadata = pq.read_schema(path).metadata or {}
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; run `rotsweep gather {sweep}` first") from None
+    except (OSError, ValueError) as error:  # truncated or not Parquet (pyarrow's errors derive from these)
+        raise UserError(f"{path} is unreadable ({type(error).__name__}); "
+                        f"run `rotsweep gather --full {sweep}` to write it again") from None
     version = metadata.get(SCHEMA_VERSION_KEY, b"?").decode()
     if version != str(SCHEMA_VERSION):
         raise UserError(f"{path} has schema version {version}, not {SCHEMA_VERSION}; "
                         f"run `rotsweep gather {sweep}` again")
-    return pd.read_parquet(path)
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path} is unreadable ({type(error).__name__}); "
+                        f"run `rotsweep gather --full {sweep}` to write it again") from None
 
 
 # --- The report ----------------------------------------------------------------------------

@@ -100,9 +100,20 @@ def load_dataset(
     (ImageNet: num_workers, image_size; synthetic sets: sizes) and an unknown
     one is an error.
     """
-    if name not in DATASET_NAMES:
-        raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    check_dataset(name, options)
     device = torch.device(device)
+    return _loader(name)(
+        name,
+        data_root(data_dir),
+        seed=seed,
+        val_split=val_split,
+        device=device,
+        block_size=block_size,
+        **options,
+    )
+
+
+def _loader(name: str):
     # Local imports: the modules import the helpers below from this package,
     # and opening CIFAR should not import Pillow.
     if name in ("cifar10", "cifar100"):
@@ -115,16 +126,14 @@ def load_dataset(
         from rotsweep.data.synthetic import load_synthetic_images as loader
     else:
         from rotsweep.data.synthetic import load_synthetic_text as loader
-    _check_options(name, loader, options)
-    return loader(
-        name,
-        data_root(data_dir),
-        seed=seed,
-        val_split=val_split,
-        device=device,
-        block_size=block_size,
-        **options,
-    )
+    return loader
+
+
+def check_dataset(name: str, options: dict) -> None:
+    """The checks of load_dataset that need no data: the name, the options and their types."""
+    if name not in DATASET_NAMES:
+        raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    _check_options(name, _loader(name), options)
 
 
 def require_dataset(name: str, *, data_dir: str | os.PathLike | None = None) -> None:
@@ -172,6 +181,22 @@ def _check_options(name: str, loader, options: dict) -> None:
     if unknown:
         known = ", ".join(allowed) if allowed else "none"
         raise UserError(f"unknown option(s) {', '.join(unknown)} for data set {name!r}; its options are: {known}")
+    for option, value in options.items():
+        default = inspect.signature(loader).parameters[option].default
+        if not _like_default(value, default):
+            expected = "an integer or null" if default is None else type(default).__name__
+            raise UserError(f"data set {name!r}: option {option}={value!r} is invalid, expected {expected}")
+
+
+def _like_default(value, default) -> bool:
+    """A set-specific option takes the type of its default (None: an optional count)."""
+    if isinstance(value, bool) or isinstance(default, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if default is None:
+        return value is None or isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
 
 
 # ----------------------------------------------------------------------------

@@ -90,6 +90,18 @@ def _positive_or_none(model: str, name: str, value: Any) -> None:
         raise UserError(f"model {model}: {name}={value!r} is invalid, expected a positive integer")
 
 
+def check_model(name: str, options: dict) -> None:
+    """The checks of build_model that need no tensors: the name and the model's options."""
+    if name not in _MODELS:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    entry = _MODELS[name]
+    for option, value in options.items():
+        if option not in entry.options:
+            valid = ", ".join(entry.options) or "none"
+            raise UserError(f"model {name} has no option {option!r}; its options: {valid}")
+        _check_option(name, option, value)
+
+
 def build_model(
     name: str,
     *,
@@ -102,14 +114,8 @@ def build_model(
     **options: Any,
 ) -> nn.Module:
     """Build a model by name; None means the model's default (10 classes, 1000 for ResNet-50, ...)."""
-    if name not in _MODELS:
-        raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    check_model(name, options)
     entry = _MODELS[name]
-    for option, value in options.items():
-        if option not in entry.options:
-            valid = ", ".join(entry.options) or "none"
-            raise UserError(f"model {name} has no option {option!r}; its options: {valid}")
-        _check_option(name, option, value)
     for flag, value in (("weight_standardization", weight_standardization), ("gain", gain), ("tiny", tiny)):
         if not isinstance(value, bool):
             raise UserError(f"model {name}: {flag}={value!r} is invalid, expected true or false")
