@@ -462,9 +462,11 @@ def test_predict_refuses_infinite_values_and_warns_above_pi(tmp_path):
     assert json.loads(above.stdout)["eta_r"] == pytest.approx(math.sqrt(2 * 100 * 0.1 / 1.9))
     warning = above.stderr.strip().splitlines()
     assert len(warning) == 1 and warning[0].startswith("warning: ") and "above π" in warning[0]
-    # η = λ = 3 gives sqrt(18·0.1/1.9) ≈ 0.97 rad: no warning.
+    # η = λ = 3 gives sqrt(18·0.1/1.9) ≈ 0.97 rad: no π warning (ηλ = 9 still gets the momentum warning).
     below = invoke("predict", "--optimizer", "adamw", "--lr", "3", "--weight-decay", "3")
-    assert below.exit_code == 0 and below.stderr == ""
+    assert below.exit_code == 0 and "above π" not in below.stderr
+    quiet = invoke("predict", "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.1")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
 
 
 def test_randomwalk_needs_enough_steps_to_measure_and_writes_strict_json(tmp_path):
