@@ -110,9 +110,7 @@ def check_profile(profile: dict, path: Path) -> None:
     """Refuse unknown keys and wrongly typed values now, before a manifest is written or sbatch asked."""
     import typing
 
-    from submitit.slurm import slurm
-
-    slurm_types = typing.get_type_hints(slurm._make_sbatch_string)
+    slurm_types = submitit_sbatch_parameter_types()
     for key, value in profile.items():
         if key.startswith("slurm_") and key[len("slurm_"):] in slurm_types:
             expected = typing.get_args(slurm_types[key[len("slurm_"):]]) or (slurm_types[key[len("slurm_"):]],)
@@ -850,7 +848,8 @@ def submitit_sbatch_script(
 
     submitit has no public way to render its script, so this is the one place that
     uses its private API: SlurmExecutor._equivalence_dict (AutoExecutor names ->
-    sbatch parameters), _convert_mem and _make_sbatch_string. tests/test_trust.py
+    sbatch parameters), _convert_mem and _make_sbatch_string (its annotations: submitit_sbatch_parameter_types
+    below, for checking profiles). tests/test_trust.py
     checks the result line by line and, on the local SLURM cluster, against the
     script submitit really submits: a submitit release that changes any of them
     fails there rather than in a user's dry run.
@@ -873,6 +872,15 @@ def submitit_sbatch_script(
     return slurm._make_sbatch_string(
         command=command, folder=folder, job_name=job_name, map_count=array_size, **parameters,
     )
+
+
+def submitit_sbatch_parameter_types() -> dict:
+    """{sbatch parameter: its annotation} in submitit's script renderer: the same private API as above."""
+    import typing
+
+    from submitit.slurm import slurm
+
+    return typing.get_type_hints(slurm._make_sbatch_string)
 
 
 def dry_run_report(
