@@ -448,6 +448,15 @@ def test_grouped_path_equals_the_chunked_path_step_for_step(inner, options, monk
             torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6, msg=f"step {step + 1}")
 
 
+def test_grouped_path_without_the_private_foreach_copy(monkeypatch):
+    """The grouped path writes back with torch._foreach_copy_ where torch has it, else tensor by tensor."""
+    options = SPEED_OPTIONS["per-neuron centred"]
+    expected = impl_trajectory("grouped", "sgdm", options)
+    monkeypatch.setattr(rotational_module, "_FOREACH_COPY", None)  # as on a torch without the private op
+    for step_expected, step_actual in zip(expected, impl_trajectory("grouped", "sgdm", options)):
+        assert all(torch.equal(e, a) for e, a in zip(step_expected, step_actual))
+
+
 def test_compiled_path_equals_the_chunked_path():
     """torch.compile'd lines 12-18 (one sweep of sums, one update) give the eager numbers up to float rounding."""
     options = SPEED_OPTIONS["per-neuron imbalanced"]

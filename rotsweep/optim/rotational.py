@@ -31,14 +31,21 @@ Where this differs from the official code (epfml/REQ): parameters without a
 gradient are skipped instead of crashing; the projection divides by the current
 ‖p − p̄‖² (the stored n² up to rounding); the mean of p is removed at every
 step too, so rounding never lets the mean or the norm drift; the imbalanced
-neurons are a seeded random choice instead of the leading rows.
+neurons are a seeded random choice instead of the leading rows; a neuron whose
+projected direction is below the rounding error of its sums (d along p − p̄, or
+constant) does not turn, as in exact arithmetic, where the official code would
+turn it by η̂_r along the rounding noise.
 
 How it is computed: d ⊥ (p − p̄) after line 12, so ‖(p − p̄) − s·d‖² =
 ‖p − p̄‖² + s²‖d‖², and lines 12-18 become one update p ← a·p + b·d + c with
 per-neuron a, b, c from five per-neuron sums over p and the raw direction
 (Σp², Σp·d, Σd², Σp, Σd): the projected direction is never stored, and the norm
-is exact again after every step. For AdamW, torch's fused Adam kernel computes d
-and the moments in one pass where torch has it (a public-op fallback otherwise).
+is exact again after every step (see _rotate). For AdamW, torch's fused Adam
+kernel computes d and the moments in one pass where torch has it (public ops
+otherwise). A step thus reads the gradient, the moments and the weights once
+from memory, as AdamW does, plus the passes over a chunk in the cache: the
+direction, the sums (five reductions eagerly, one compiled) and the update (two
+eagerly, one compiled).
 
 `rotational_update` is the functional core over lists of tensors (the shape of
 torch/optim/adam.py); `RotationalWrapper` holds the state and param groups. It
@@ -329,6 +336,7 @@ def _neuron_rows(tensor: torch.Tensor, per_neuron: bool, layout: torch.Tensor | 
     permuted = tensor.permute(order)
     return permuted.view(n_rows, -1) if writable else permuted.reshape(n_rows, -1)
 
+
 # ------------------------------------------------------------ the functional core
 
 
@@ -429,14 +437,26 @@ def _update_stacked(inner: str, group: list[_Piece], hyper: dict, rotation: dict
     written = [stacked.rows, *stacked.moments, stacked.rms_sq]
     targets = [[piece.rows for piece in group], *zip(*(piece.moments for piece in group)),
                [piece.rms_sq for piece in group]]
-    torch._foreach_copy_([t for ts in targets for t in ts], [part for w in written for part in w.split(k)])
+    _copy_all([t for ts in targets for t in ts], [part for w in written for part in w.split(k)])
+
+
+def _copy_all(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    """target.copy_(source) for each pair: one kernel launch with torch's private foreach op where torch has it."""
+    if _FOREACH_COPY is not None:
+        _FOREACH_COPY(targets, sources)
+    else:
+        for target, source in zip(targets, sources):
+            target.copy_(source)
+
+
+_FOREACH_COPY = getattr(torch, "_foreach_copy_", None)  # private torch API (torch.optim's own multi-tensor code)
 
 
 # ------------------------------------------------------ inner update directions
 # Each computes d = Δ_g p/(−η·unit) for a chunk of neuron rows (lines 9-11), updates the
 # inner optimizer's moments in place, and returns (d, unit). d is `out` (the scratch rows)
 # or a moment buffer, which the caller must not change; `unit` is a factor common to the
-# whole tensor (a sign, or Adam+ℓ2's bias corrections), which thus costs no pass over d.
+# whole tensor (a sign, or Adam's bias corrections), which thus costs no pass over d.
 
 
 def _adamw_direction(p, grad, moments, out, group, step):
