@@ -430,8 +430,8 @@ def impl_trajectory(impl, inner, options, steps=6):
         for p in params:
             p.grad = None if (step == 2 and p is matrices[1]) else torch.randn(p.shape, generator=generator)
         optimizer.step()
-        history.append([p.detach().clone() for p in params]
-                       + [t.clone() for p in params for t in optimizer.state[p].values() if isinstance(t, torch.Tensor)])
+        states = [t for p in params for t in optimizer.state[p].values() if isinstance(t, torch.Tensor)]
+        history.append([p.detach().clone() for p in params] + [t.clone() for t in states])
     return history
 
 

@@ -427,11 +427,15 @@ def _update_stacked(inner: str, group: list[_Piece], hyper: dict, rotation: dict
     if len(group) == 1:
         _update(inner, group[0], torch.empty_like(group[0].rows), hyper, rotation, _rotate)
         return
-    stacked = _Piece(rows=torch.cat([piece.rows for piece in group]), grad=torch.cat([piece.grad for piece in group]),
-                     moments=[torch.cat(ms) for ms in zip(*(piece.moments for piece in group))],
-                     norm=torch.cat([piece.norm for piece in group]), rms_sq=torch.cat([piece.rms_sq for piece in group]),
-                     speed=None if group[0].speed is None else torch.cat([piece.speed for piece in group]),
-                     step=group[0].step)
+    stacked = _Piece(
+        rows=torch.cat([piece.rows for piece in group]),
+        grad=torch.cat([piece.grad for piece in group]),
+        moments=[torch.cat(ms) for ms in zip(*(piece.moments for piece in group))],
+        norm=torch.cat([piece.norm for piece in group]),
+        rms_sq=torch.cat([piece.rms_sq for piece in group]),
+        speed=None if group[0].speed is None else torch.cat([piece.speed for piece in group]),
+        step=group[0].step,
+    )
     _update(inner, stacked, torch.empty_like(stacked.rows), hyper, rotation, _rotate)
     k = group[0].rows.shape[0]
     written = [stacked.rows, *stacked.moments, stacked.rms_sq]
