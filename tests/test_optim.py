@@ -398,3 +398,123 @@ def test_user_errors():
         build_optimizer("sgdm", [weight], lr=0.1, weight_decay=0.1, rotational=True, rms_beta=1.0)
     # An explicit eta_r needs neither weight decay nor a formula.
     build_optimizer("adam-l2", [{"params": [weight], "rotational": True}], lr=0.1, rotational=True, eta_r=0.01)
+
+
+# ----------------------------------------------------------------- implementations
+
+
+SPEED_OPTIONS = {  # (per_neuron, zero_mean, imbalance_mode)
+    "per-neuron centred": (True, True, None),
+    "per-neuron uncentred": (True, False, None),
+    "per-tensor centred": (False, True, None),
+    "per-tensor uncentred": (False, False, None),
+    "per-neuron imbalanced": (True, True, "split"),
+}
+
+
+def impl_trajectory(impl, inner, options, steps=6):
+    """Parameters and state after each step: three same-shape matrices (one skips step 2, so its step count
+    differs), a channels-last conv, a per-tensor-shaped vector group, and biases outside Ω."""
+    per_neuron, zero_mean, imbalance_mode = options
+    generator = torch.Generator().manual_seed(21)
+    matrices = [torch.nn.Parameter(torch.randn(9, 7, generator=generator)) for _ in range(3)]
+    conv = torch.nn.Parameter(torch.randn(6, 4, 3, 3, generator=generator).to(memory_format=torch.channels_last))
+    bias = torch.nn.Parameter(torch.randn(9, generator=generator))
+    params = [*matrices, conv, bias]
+    optimizer = build_optimizer(inner, [{"params": [*matrices, conv]}, {"params": [bias], "weight_decay": 0.0}],
+                                rotational=True, per_neuron=per_neuron, zero_mean=zero_mean,
+                                imbalance_mode=imbalance_mode, imbalance_factor=3.0, impl=impl,
+                                **HYPER, **rv_options(inner))
+    history = []
+    for step in range(steps):
+        for p in params:
+            p.grad = None if (step == 2 and p is matrices[1]) else torch.randn(p.shape, generator=generator)
+        optimizer.step()
+        states = [t for p in params for t in optimizer.state[p].values() if isinstance(t, torch.Tensor)]
+        history.append([p.detach().clone() for p in params] + [t.clone() for t in states])
+    return history
+
+
+@pytest.mark.parametrize("options", SPEED_OPTIONS.values(), ids=SPEED_OPTIONS.keys())
+@pytest.mark.parametrize("inner", INNERS)
+def test_grouped_path_equals_the_chunked_path_step_for_step(inner, options, monkeypatch):
+    """Stacked shape groups compute what chunks of 2 neurons do (CPU chunks forced small), up to float rounding."""
+    monkeypatch.setattr(rotational_module, "_CPU_CHUNK_ELEMENTS", 2 * 36)
+    chunked = impl_trajectory("chunked", inner, options)
+    grouped = impl_trajectory("grouped", inner, options)
+    for step, (expected, actual) in enumerate(zip(chunked, grouped)):
+        assert len(expected) == len(actual)
+        for e, a in zip(expected, actual):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6, msg=f"step {step + 1}")
+
+
+def test_grouped_path_without_the_private_foreach_copy(monkeypatch):
+    """The grouped path writes back with torch._foreach_copy_ where torch has it, else tensor by tensor."""
+    options = SPEED_OPTIONS["per-neuron centred"]
+    expected = impl_trajectory("grouped", "sgdm", options)
+    monkeypatch.setattr(rotational_module, "_FOREACH_COPY", None)  # as on a torch without the private op
+    for step_expected, step_actual in zip(expected, impl_trajectory("grouped", "sgdm", options)):
+        assert all(torch.equal(e, a) for e, a in zip(step_expected, step_actual))
+
+
+def test_compiled_path_equals_the_chunked_path():
+    """torch.compile'd lines 12-18 (one sweep of sums, one update) give the eager numbers up to float rounding,
+    also with Adam+ℓ2's `unit`, which changes from step to step."""
+    options = SPEED_OPTIONS["per-neuron imbalanced"]
+    for inner in ("adamw", "adam-l2", "lion"):
+        chunked = impl_trajectory("chunked", inner, options)
+        compiled = impl_trajectory("compiled", inner, options)
+        for expected, actual in zip(chunked, compiled):
+            for e, a in zip(expected, actual):
+                torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_path_falls_back_to_the_eager_code_when_compiling_fails(monkeypatch):
+    def broken_compiler(graph, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(rotational_module, "_compiled",
+                        torch.compile(rotational_module._rotate, backend=broken_compiler, dynamic=True, fullgraph=True))
+    options = SPEED_OPTIONS["per-neuron centred"]
+    with pytest.warns(UserWarning, match="runs eagerly: .*no C\\+\\+ compiler here"):
+        compiled = impl_trajectory("compiled", "adamw", options, steps=2)
+    assert rotational_module._compiled is rotational_module._rotate
+    for expected, actual in zip(impl_trajectory("chunked", "adamw", options, steps=2), compiled):
+        assert all(torch.equal(e, a) for e, a in zip(expected, actual))  # the very same eager code
+
+
+def test_private_fused_adam_kernel_and_its_public_fallback_agree(monkeypatch):
+    """RV-AdamW's direction comes from torch._fused_adam_ where torch has it, from public ops otherwise."""
+    if rotational_module._FUSED_ADAM is None:
+        pytest.skip("this torch has no torch._fused_adam_; the public ops run everywhere")
+    options = SPEED_OPTIONS["per-neuron centred"]
+    fused = impl_trajectory("chunked", "adamw", options)
+    monkeypatch.setattr(rotational_module, "_FUSED_ADAM", None)  # as on a torch without the private kernel
+    public = impl_trajectory("chunked", "adamw", options)
+    for expected, actual in zip(fused, public):
+        for e, a in zip(expected, actual):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "grouped"])
+def test_a_direction_without_perpendicular_part_does_not_rotate(impl):
+    """d along p − p̄ (row 0) or constant (row 1) has d⊥ = 0: exact arithmetic keeps those rows; rounding must not
+    turn them by η̂_r in a random direction. The other rows still turn."""
+    generator = torch.Generator().manual_seed(22)
+    weight = torch.nn.Parameter(torch.randn(4, 64, generator=generator))
+    optimizer = build_optimizer("sgdm", [weight], rotational=True, impl=impl, **HYPER)
+    before = weight.detach().clone()
+    weight.grad = torch.randn(4, 64, generator=generator)
+    weight.grad[0] = 3 * before[0]
+    weight.grad[1] = 0.5
+    optimizer.step()
+    turned = angles(before, weight.detach())
+    assert turned[:2].max().item() < 1e-6
+    assert turned[2:].min().item() == pytest.approx(math.atan(predicted_eta_r("sgdm")), rel=1e-3)
+    assert torch.allclose(weight.detach().norm(dim=1), before.norm(dim=1), rtol=1e-6, atol=0)
+
+
+def test_unknown_impl_is_a_user_error():
+    with pytest.raises(UserError, match="unknown impl 'fast'; choose one of chunked, grouped, compiled"):
+        build_optimizer("adamw", [torch.nn.Parameter(torch.randn(4, 4))], lr=0.1, weight_decay=0.1,
+                        rotational=True, impl="fast")

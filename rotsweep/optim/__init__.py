@@ -8,9 +8,9 @@
     lion     rotsweep.optim.Lion                     decoupled weight decay (eq. 55-57)
 
 and with rotational=True the rotational variant of the same optimizer
-(`RotationalWrapper`, Algorithm 1). Param groups may carry their own
-weight_decay (0 for biases and gains) and a "rotational" key (None: the default
-rule, weight decay > 0 and ndim >= 2).
+(`RotationalWrapper`, Algorithm 1; its functional core is `rotational_update`).
+Param groups may carry their own weight_decay (0 for biases and gains) and a
+"rotational" key (None: the default rule, weight decay > 0 and ndim >= 2).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from rotsweep.errors import UserError
 from rotsweep.optim.lion import Lion, lion
-from rotsweep.optim.rotational import IMBALANCES, INNERS, RotationalWrapper
+from rotsweep.optim.rotational import IMBALANCES, IMPLS, INNERS, RotationalWrapper, rotational_update
 
 OPTIMIZERS = INNERS
 # The options of the rotational variants beyond the hyperparameters every optimizer takes.
@@ -29,7 +29,8 @@ ROTATIONAL_OPTIONS = tuple(name for name, parameter in inspect.signature(Rotatio
                            if parameter.kind is inspect.Parameter.KEYWORD_ONLY
                            and name not in ("lr", "weight_decay", "betas", "momentum", "eps"))
 
-__all__ = ["OPTIMIZERS", "ROTATIONAL_OPTIONS", "IMBALANCES", "Lion", "lion", "RotationalWrapper", "build_optimizer"]
+__all__ = ["OPTIMIZERS", "ROTATIONAL_OPTIONS", "IMBALANCES", "IMPLS", "Lion", "lion", "RotationalWrapper",
+           "rotational_update", "build_optimizer"]
 
 
 def build_optimizer(name: str, params_or_groups, *, lr: float, weight_decay: float = 0.0,
@@ -38,7 +39,8 @@ def build_optimizer(name: str, params_or_groups, *, lr: float, weight_decay: flo
     """The optimizer `name` (see the module docstring), or its rotational variant.
 
     rotational_options go to RotationalWrapper (per_neuron, zero_mean, rms_beta,
-    rotational_eps, eta_r, eta_r_from, imbalance_mode, ...). The plain AdamW and Adam
+    rotational_eps, eta_r, eta_r_from, imbalance_mode, ..., and impl: how the
+    step is computed, "chunked", "grouped" or "compiled"). The plain AdamW and Adam
     use torch's fused kernel when every parameter is a floating-point tensor on
     the CPU or a GPU.
     """

@@ -31,22 +31,46 @@ Where this differs from the official code (epfml/REQ): parameters without a
 gradient are skipped instead of crashing; the projection divides by the current
 ‖p − p̄‖² (the stored n² up to rounding); the mean of p is removed at every
 step too, so rounding never lets the mean or the norm drift; the imbalanced
-neurons are a seeded random choice instead of the leading rows.
+neurons are a seeded random choice instead of the leading rows; a neuron whose
+projected direction is below the rounding error of its sums (d along p − p̄, or
+constant) does not turn, as in exact arithmetic, where the official code would
+turn it by η̂_r along the rounding noise.
 
 How it is computed: d ⊥ (p − p̄) after line 12, so ‖(p − p̄) − s·d‖² =
-‖p − p̄‖² + s²‖d‖², and lines 16-18 become one update p ← a·p + b·d + c with
-per-neuron a, b, c from the current (measured) ‖p − p̄‖: the norm is exact again
-after every step. For AdamW, torch's fused Adam kernel computes d and the
-moments in one pass. On the CPU each tensor goes through in chunks of whole
-neurons that fit in the cache, with one reused scratch buffer: the dozen passes
-over a chunk then cost little more than one trip through memory, where
-torch._foreach_* ops over whole tensors make a trip (and allocate fresh memory)
-per pass. benchmarks/bench_optim.py measures the result.
+‖p − p̄‖² + s²‖d‖², and lines 12-18 become one update p ← a·p + b·d + c with
+per-neuron a, b, c from five per-neuron sums over p and the raw direction
+(Σp², Σp·d, Σd², Σp, Σd): the projected direction is never stored, and the norm
+is exact again after every step (see _rotate). For AdamW, torch's fused Adam
+kernel computes d and the moments in one pass where torch has it (public ops
+otherwise). A step thus reads the gradient, the moments and the weights once
+from memory, as AdamW does, plus the passes over a chunk in the cache: the
+direction, the sums (five reductions eagerly, one compiled) and the update (two
+eagerly, one compiled).
+
+`rotational_update` is the functional core over lists of tensors (the shape of
+torch/optim/adam.py); `RotationalWrapper` holds the state and param groups. It
+has three implementations (`impl`), all giving the same numbers up to float
+rounding:
+
+    chunked    (default on the CPU) each tensor in chunks of whole neurons that
+               fit in the cache, so the passes over a chunk cost little more than
+               one trip through memory
+    grouped    (default on other devices) tensors with the same shape and step
+               stacked, so a shape group costs a handful of kernel launches
+               instead of a handful per tensor
+    compiled   chunked, with lines 12-18 compiled by torch.compile into one
+               sweep for the sums and one for the update; the first steps pay
+               the compilation (cached on disk by torch for later runs), and
+               if it fails the eager code runs instead
+
+benchmarks/bench_optim.py measures them against torch's AdamW.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,6 +83,7 @@ from rotsweep.errors import UserError
 from rotsweep.optim.lion import lion
 
 INNERS = ("adamw", "adam-l2", "sgdm", "lion")
+IMPLS = ("chunked", "grouped", "compiled")
 # Optimizers whose Table 1 η̂_r needs hyperparameters only (Adam+ℓ2's also needs gradient statistics).
 ETA_R_FORMULAS = ("adamw", "sgdm", "lion")
 IMBALANCES = ("slow", "split")
@@ -90,7 +115,9 @@ class RotationalWrapper(torch.optim.Optimizer):
     None: the inner optimizer's). imbalance_mode ("slow", "split" or None),
     imbalance_portion, imbalance_factor (f) and imbalance_seed apply to all
     rotational tensors; the chosen neurons are in `imbalance_masks()` and saved
-    in the state dict.
+    in the state dict. impl chooses how the rotational step is computed
+    ("chunked", "grouped", "compiled"; None: chunked on the CPU, grouped on
+    other devices); see the module docstring.
     """
 
     def __init__(self, params, inner: str = "adamw", *, lr: float, weight_decay: float = 0.0,
@@ -98,9 +125,11 @@ class RotationalWrapper(torch.optim.Optimizer):
                  per_neuron: bool = True, zero_mean: bool = True, rms_beta: float = 0.9,
                  rotational_eps: float = 1e-8, eta_r: float | None = None, eta_r_from: str | None = None,
                  imbalance_mode: str | None = None, imbalance_portion: float = 0.5, imbalance_factor: float = 10.0,
-                 imbalance_seed: int = 0):
+                 imbalance_seed: int = 0, impl: str | None = None):
         if inner not in INNERS:
             raise UserError(f"unknown inner optimizer {inner!r}; choose one of {', '.join(INNERS)}")
+        if impl not in (None, *IMPLS):
+            raise UserError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)} or None")
         if imbalance_mode not in (None, *IMBALANCES):
             raise UserError(f"unknown imbalance_mode {imbalance_mode!r}; choose one of {', '.join(IMBALANCES)} or None")
         if imbalance_mode and not (0 <= imbalance_portion <= 1 and imbalance_factor >= 1):
@@ -111,7 +140,8 @@ class RotationalWrapper(torch.optim.Optimizer):
         self.imbalance_portion = imbalance_portion
         self.imbalance_factor = imbalance_factor
         self.imbalance_seed = imbalance_seed
-        self._scratch = {}  # (device, dtype) -> reused buffer for one chunk's projected direction
+        self.impl = impl
+        self._scratch = {}  # reused scratch buffers of rotational_update
         defaults = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), momentum=momentum, eps=eps,
                         rotational=None, per_neuron=per_neuron, zero_mean=zero_mean, rms_beta=rms_beta,
                         rotational_eps=rotational_eps, eta_r=eta_r, eta_r_from=eta_r_from)
@@ -213,11 +243,7 @@ class RotationalWrapper(torch.optim.Optimizer):
         for group in self.param_groups:
             with_grad = [p for p in group["params"] if p.grad is not None]
             self._plain_step(group, [p for p in with_grad if not self._is_rotational(group, p)])
-            rotational = [p for p in with_grad if self._is_rotational(group, p)]
-            if rotational:
-                eta_r = self._eta_r(group)
-                for p in rotational:
-                    self._rotational_step(group, p, eta_r)
+            self._rotational_step(group, [p for p in with_grad if self._is_rotational(group, p)])
         return loss
 
     def _eta_r(self, group: dict) -> float:
@@ -257,40 +283,27 @@ class RotationalWrapper(torch.optim.Optimizer):
             lion(params, grads, [s["exp_avg"] for s in states], lr=group["lr"], beta1=beta1, beta2=beta2,
                  weight_decay=group["weight_decay"])
 
-    def _rotational_step(self, group: dict, p: torch.Tensor, eta_r: float) -> None:
-        state = self.state[p]
-        if "step" not in state:
-            state["step"] = 0  # a Python int: read at every step for the bias corrections without a device sync
-            for name in _MOMENTS[self.inner]:
-                state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["rms_sq"] = torch.zeros_like(state["norm"])  # ν of line 14, one per neuron
-        state["step"] += 1
-        step = state["step"]
-
-        per_neuron = group["per_neuron"]
-        rows = _neuron_rows(p, per_neuron)
-        grad = _neuron_rows(p.grad, per_neuron, layout=p, writable=False)
-        moments = [_neuron_rows(state[name], per_neuron, layout=p) for name in _MOMENTS[self.inner]]
-        n_neurons, width = rows.shape
-        chunk = max(1, _CPU_CHUNK_ELEMENTS // width) if p.device.type == "cpu" else n_neurons
-        scratch = self._scratch_buffer(p, min(chunk, n_neurons) * width)
-        speed = state.get("rotation_speed")
-        rms_beta = group["rms_beta"]
-        for start in range(0, n_neurons, chunk):
-            part = slice(start, start + chunk)
-            out = scratch[: rows[part].numel()].view(-1, width)
-            direction, unit = _DIRECTIONS[self.inner](rows[part], grad[part], [m[part] for m in moments], out,
-                                                      group, step)
-            _rotate(rows[part], direction, out, state["norm"][part], state["rms_sq"][part],
-                    None if speed is None else speed[part], unit=unit, eta_r=eta_r, rms_beta=rms_beta,
-                    rms_correction=1 - rms_beta**step, eps=group["rotational_eps"], zero_mean=group["zero_mean"])
-
-    def _scratch_buffer(self, like: torch.Tensor, numel: int) -> torch.Tensor:
-        key = (like.device, like.dtype)
-        buffer = self._scratch.get(key)
-        if buffer is None or buffer.numel() < numel:
-            buffer = self._scratch[key] = torch.empty(numel, device=like.device, dtype=like.dtype)
-        return buffer
+    def _rotational_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        """Lines 9-18 for the rotational tensors of a group that have a gradient."""
+        if not params:
+            return
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states):
+            if "step" not in state:
+                state["step"] = 0  # a Python int: read at every step for the bias corrections without a device sync
+                for name in _MOMENTS[self.inner]:
+                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["rms_sq"] = torch.zeros_like(state["norm"])  # ν of line 14, one per neuron
+            state["step"] += 1
+        beta1, beta2 = group["betas"]
+        rotational_update(
+            params, [p.grad for p in params], [[state[name] for name in _MOMENTS[self.inner]] for state in states],
+            [state["norm"] for state in states], [state["rms_sq"] for state in states],
+            [state.get("rotation_speed") for state in states], [state["step"] for state in states],
+            inner=self.inner, eta_r=self._eta_r(group), beta1=beta1, beta2=beta2, momentum=group["momentum"],
+            eps=group["eps"], weight_decay=group["weight_decay"], per_neuron=group["per_neuron"],
+            zero_mean=group["zero_mean"], rms_beta=group["rms_beta"], rotational_eps=group["rotational_eps"],
+            impl=self.impl or ("chunked" if params[0].device.type == "cpu" else "grouped"), scratch=self._scratch)
 
 
 def _check_group(group: dict) -> None:
@@ -324,24 +337,150 @@ def _neuron_rows(tensor: torch.Tensor, per_neuron: bool, layout: torch.Tensor | 
     return permuted.view(n_rows, -1) if writable else permuted.reshape(n_rows, -1)
 
 
+# ------------------------------------------------------------ the functional core
+
+
+def rotational_update(params: list[torch.Tensor], grads: list[torch.Tensor], moments: list[list[torch.Tensor]],
+                      norms: list[torch.Tensor], rms_sqs: list[torch.Tensor], speeds: list[torch.Tensor | None],
+                      steps: list[int], *, inner: str, eta_r: float, beta1: float, beta2: float, momentum: float,
+                      eps: float, weight_decay: float, per_neuron: bool, zero_mean: bool, rms_beta: float,
+                      rotational_eps: float, impl: str = "chunked", scratch: dict | None = None) -> None:
+    """Lines 9-18 of Algorithm 1 on every tensor of `params`, in place (see the module docstring).
+
+    Per tensor: its gradient; its inner optimizer's state, the tensors named in
+    _MOMENTS[inner] (updated in place); its neuron norms n; ν (rms_sq, updated in
+    place); the imbalance speed factors or None; its step count t, counting this
+    step. The scalars are the param group's hyperparameters and η̂_r (eta_r).
+    scratch: a dict the caller keeps so that the chunked paths reuse their
+    scratch buffer from call to call (None: a fresh one per call).
+    """
+    if impl not in IMPLS:
+        raise UserError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
+    pieces = [_Piece(rows=_neuron_rows(p, per_neuron), grad=_neuron_rows(g, per_neuron, layout=p, writable=False),
+                     moments=[_neuron_rows(m, per_neuron, layout=p) for m in ms], norm=norm, rms_sq=rms_sq,
+                     speed=speed, step=step)
+              for p, g, ms, norm, rms_sq, speed, step in zip(params, grads, moments, norms, rms_sqs, speeds, steps)]
+    hyper = dict(betas=(beta1, beta2), momentum=momentum, eps=eps, weight_decay=weight_decay)
+    rotation = dict(eta_r=eta_r, rms_beta=rms_beta, eps=rotational_eps, zero_mean=zero_mean)
+    if impl == "grouped":
+        for group in _shape_groups(pieces):
+            _update_stacked(inner, group, hyper, rotation)
+    else:
+        _update_chunked(inner, pieces, hyper, rotation, _compiled_rotate if impl == "compiled" else _rotate,
+                        {} if scratch is None else scratch)
+
+
+class _Piece(NamedTuple):
+    """One tensor's (or a stack of tensors') neuron rows [k, C] with their state; norm, rms_sq, speed: [k]."""
+    rows: torch.Tensor
+    grad: torch.Tensor
+    moments: list[torch.Tensor]
+    norm: torch.Tensor
+    rms_sq: torch.Tensor
+    speed: torch.Tensor | None
+    step: int
+
+    def chunk(self, start: int, stop: int) -> "_Piece":
+        """Neurons start to stop (views)."""
+        part = slice(start, stop)
+        return _Piece(self.rows[part], self.grad[part], [m[part] for m in self.moments], self.norm[part],
+                      self.rms_sq[part], None if self.speed is None else self.speed[part], self.step)
+
+
+def _update(inner: str, piece: _Piece, out: torch.Tensor, hyper: dict, rotation: dict, rotate) -> None:
+    """Lines 9-18 for the rows of `piece`; out: scratch rows of the same shape."""
+    direction, unit = _DIRECTIONS[inner](piece.rows, piece.grad, piece.moments, out, hyper, piece.step)
+    rotate(piece.rows, direction, out, piece.norm, piece.rms_sq, piece.speed, unit=unit,
+           rms_correction=1 - rotation["rms_beta"] ** piece.step, **rotation)
+
+
+def _update_chunked(inner: str, pieces: list[_Piece], hyper: dict, rotation: dict, rotate, scratch: dict) -> None:
+    """Tensor by tensor; on the CPU in chunks of whole neurons that stay in the cache.
+
+    scratch: {(device, dtype): buffer}, one buffer for all chunks, grown as needed.
+    """
+    for piece in pieces:
+        n_neurons, width = piece.rows.shape
+        chunk = max(1, _CPU_CHUNK_ELEMENTS // width) if piece.rows.device.type == "cpu" else n_neurons
+        key = (piece.rows.device, piece.rows.dtype)
+        if key not in scratch or scratch[key].numel() < min(chunk, n_neurons) * width:
+            scratch[key] = piece.rows.new_empty(min(chunk, n_neurons) * width)
+        for start in range(0, n_neurons, chunk):
+            part = piece.chunk(start, start + chunk)
+            _update(inner, part, scratch[key][: part.rows.numel()].view(-1, width), hyper, rotation, rotate)
+
+
+def _shape_groups(pieces: list[_Piece]) -> list[list[_Piece]]:
+    """The pieces that can be stacked: same row shape, device, dtype and step, all with or all without speeds."""
+    groups = {}
+    for piece in pieces:
+        key = (piece.rows.shape, piece.rows.device, piece.rows.dtype, piece.step, piece.speed is None)
+        groups.setdefault(key, []).append(piece)
+    return list(groups.values())
+
+
+def _update_stacked(inner: str, group: list[_Piece], hyper: dict, rotation: dict) -> None:
+    """One shape group at once: its rows stacked into one [n·k, C] piece, updated, and copied back.
+
+    A single tensor is updated where it is, without copies.
+    """
+    if len(group) == 1:
+        _update(inner, group[0], torch.empty_like(group[0].rows), hyper, rotation, _rotate)
+        return
+    stacked = _Piece(
+        rows=torch.cat([piece.rows for piece in group]),
+        grad=torch.cat([piece.grad for piece in group]),
+        moments=[torch.cat(ms) for ms in zip(*(piece.moments for piece in group))],
+        norm=torch.cat([piece.norm for piece in group]),
+        rms_sq=torch.cat([piece.rms_sq for piece in group]),
+        speed=None if group[0].speed is None else torch.cat([piece.speed for piece in group]),
+        step=group[0].step,
+    )
+    _update(inner, stacked, torch.empty_like(stacked.rows), hyper, rotation, _rotate)
+    k = group[0].rows.shape[0]
+    written = [stacked.rows, *stacked.moments, stacked.rms_sq]
+    targets = [[piece.rows for piece in group], *zip(*(piece.moments for piece in group)),
+               [piece.rms_sq for piece in group]]
+    _copy_all([t for ts in targets for t in ts], [part for w in written for part in w.split(k)])
+
+
+def _copy_all(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    """target.copy_(source) for each pair: one kernel launch with torch's private foreach op where torch has it."""
+    if _FOREACH_COPY is not None:
+        _FOREACH_COPY(targets, sources)
+    else:
+        for target, source in zip(targets, sources):
+            target.copy_(source)
+
+
+_FOREACH_COPY = getattr(torch, "_foreach_copy_", None)  # private torch API (torch.optim's own multi-tensor code)
+
+
 # ------------------------------------------------------ inner update directions
 # Each computes d = Δ_g p/(−η·unit) for a chunk of neuron rows (lines 9-11), updates the
 # inner optimizer's moments in place, and returns (d, unit). d is `out` (the scratch rows)
 # or a moment buffer, which the caller must not change; `unit` is a factor common to the
-# whole tensor (a sign, or Adam+ℓ2's bias corrections), which thus costs no pass over d.
+# whole tensor (a sign, or Adam's bias corrections), which thus costs no pass over d.
 
 
 def _adamw_direction(p, grad, moments, out, group, step):
     exp_avg, exp_avg_sq = moments
     beta1, beta2 = group["betas"]
-    # torch's fused Adam kernel (the one behind torch.optim.Adam(fused=True)) on a zeroed
-    # stand-in parameter with lr 1 and no weight decay leaves out = −m̂/(sqrt(v̂) + ε) and
-    # updates the moments: one pass over memory instead of six element-wise ops.
-    out.zero_()
-    torch._fused_adam_([out], [grad], [exp_avg], [exp_avg_sq], [], [torch.full((), float(step), device=out.device)],
-                       lr=1.0, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"], amsgrad=False,
-                       maximize=False)
-    return out, -1.0
+    if _FUSED_ADAM is not None and out.device.type in _FUSED_ADAM_DEVICES:
+        # torch's fused Adam kernel (the one behind torch.optim.Adam(fused=True)) on a zeroed
+        # stand-in parameter with lr 1 and no weight decay leaves out = −m̂/(sqrt(v̂) + ε) and
+        # updates the moments: one pass over memory instead of five element-wise ops.
+        out.zero_()
+        _FUSED_ADAM([out], [grad], [exp_avg], [exp_avg_sq], [], [torch.full((), float(step), device=out.device)],
+                    lr=1.0, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"], amsgrad=False,
+                    maximize=False)
+        return out, -1.0
+    # The same with public ops (eq. 7-9): m̂/(sqrt(v̂) + ε) = m/(sqrt(v)/sqrt(1−β2^t) + ε) / (1−β1^t).
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    torch.pow(exp_avg_sq, 0.5, out=out).div_(math.sqrt(1 - beta2**step)).add_(group["eps"])  # pow: see _rotate
+    torch.div(exp_avg, out, out=out)
+    return out, 1 / (1 - beta1**step)
 
 
 def _adam_l2_direction(p, grad, moments, out, group, step):
@@ -373,6 +512,11 @@ def _lion_direction(p, grad, moments, out, group, step):
     return out, 1.0
 
 
+# torch's private fused Adam kernel, where this torch has it (it is not public API); the devices
+# it runs on are those of build_optimizer's fused AdamW. Without it the public ops above run.
+_FUSED_ADAM = getattr(torch, "_fused_adam_", None)
+_FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
 _DIRECTIONS = {
     "adamw": _adamw_direction,
     "adam-l2": _adam_l2_direction,
@@ -384,31 +528,84 @@ _DIRECTIONS = {
 def _rotate(rows, direction, out, norm, rms_sq, speed, *, unit, eta_r, rms_beta, rms_correction, eps, zero_mean):
     """Lines 12-18 for a chunk of neurons: rotate each row of `rows` in place.
 
-    rows, direction, out: [k, C] (out may be direction); norm, rms_sq, speed: [k].
+    rows, direction, out: [k, C] (out may be direction; it is overwritten); norm, rms_sq, speed: [k].
     The true direction is unit·direction; ν (rms_sq) is kept in those true units.
+
+    With c = p − p̄ and e = d − d̄, line 12 is d⊥ = e − r·c with r = ⟨e, c⟩/‖c‖², so
+    ‖d⊥‖² = ‖e‖² − r·⟨e, c⟩ (Pythagoras). Lines 16-18 with step s, p ← n·(c − s·d⊥)/‖c − s·d⊥‖
+    and ‖c − s·d⊥‖² = ‖c‖² + s²‖d⊥‖², are then p ← a·p + b·d − a·p̄ − b·d̄ with
+    m = n/‖c − s·d⊥‖, a = m·(1 + s·r), b = −m·s: five sums per row and one update pass.
     Square roots are pow(x, 0.5): torch.sqrt on the CPU starts worker threads
     from 2048 elements on, which costs milliseconds when the cores are busy.
     """
     width = rows.shape[1]
-    p_sq = torch.linalg.vector_norm(rows, dim=1).square_()
-    dot = torch.linalg.vecdot(direction, rows)
+    p_sq, dot, d_sq = _row_products(rows, direction)
+    # Where d⊥ is below the rounding error of these sums (d along p − p̄ or constant), it is taken as
+    # 0, as exact arithmetic would give: b·d then cancels the mean and radial parts exactly.
+    negligible = _ROUNDING_MARGIN * torch.finfo(rows.dtype).eps * d_sq
     if zero_mean:
         p_mean, d_mean = rows.mean(dim=1), direction.mean(dim=1)
-        p_sq -= width * p_mean.square()  # ‖p − p̄‖²
-        dot -= width * d_mean * p_mean  # ⟨d − d̄, p − p̄⟩
+        p_sq = p_sq - width * p_mean.square()  # ‖c‖²
+        dot = dot - width * p_mean * d_mean  # ⟨e, c⟩
+        d_sq = d_sq - width * d_mean.square()  # ‖e‖²
     radial = dot / p_sq
-    # Line 12: out ← d − radial·(p − p̄) − d̄, orthogonal to p − p̄ and to 1.
-    torch.addcmul(direction, rows, radial.neg().unsqueeze(1), out=out)
-    if zero_mean:
-        out.sub_((d_mean - radial * p_mean).unsqueeze(1))
-    perp_sq = torch.linalg.vector_norm(out, dim=1).square_()
-    rms_sq.mul_(rms_beta).add_(perp_sq, alpha=(1 - rms_beta) * unit**2)  # line 14
-    # Line 16's step along `out`: η̂_r·n/(RMS + ε) in true units, times unit for out's.
+    perp_sq = d_sq - radial * dot  # ‖d⊥‖²
+    perp_sq = torch.where(perp_sq > negligible, perp_sq, 0.0)
+    # Line 14. (Not add_'s alpha: torch.compile 2.13 miscomputes a float alpha that varies between calls.)
+    rms_sq.mul_(rms_beta).add_(perp_sq * ((1 - rms_beta) * unit * unit))
+    # Line 16's step s along d⊥: η̂_r·n/(RMS + ε) in true units, times unit for direction's.
     size = eta_r * unit * norm / ((rms_sq / rms_correction).pow_(0.5) + eps)
     if speed is not None:
-        size *= speed
-    # Lines 16-18: p ← n·q/‖q‖ with q = (p − p̄) − size·out, and ‖q‖² = ‖p − p̄‖² + size²·‖out‖².
+        size = size * speed
+    size = torch.where(perp_sq > 0, size, 0.0)  # no step along a d⊥ that is only rounding error
     scale = norm * torch.rsqrt(p_sq + size.square() * perp_sq)
-    rows.mul_(scale.unsqueeze(1)).addcmul_(out, (-scale * size).unsqueeze(1))
+    a, b = (scale * (1 + size * radial)).unsqueeze(1), (-scale * size).unsqueeze(1)
     if zero_mean:
-        rows.sub_((scale * p_mean).unsqueeze(1))
+        torch.addcmul(-a * p_mean.unsqueeze(1) - b * d_mean.unsqueeze(1), direction, b, out=out)
+    else:
+        torch.mul(direction, b, out=out)
+    torch.addcmul(out, rows, a, out=rows)
+
+
+# How many float roundings of Σd² the formula for ‖d⊥‖² may accumulate before it is noise.
+_ROUNDING_MARGIN = 64
+
+
+def _row_products(rows, direction):
+    """Σp², Σp·d and Σd² of each row.
+
+    Eagerly, vector_norm is torch's fastest reduction on the CPU; compiled, plain
+    sums of products fuse with the means into one sweep over the rows.
+    """
+    if torch.compiler.is_compiling():
+        return (rows * rows).sum(dim=1), (rows * direction).sum(dim=1), (direction * direction).sum(dim=1)
+    vector_norm = torch.linalg.vector_norm
+    return (vector_norm(rows, dim=1).square_(), torch.linalg.vecdot(direction, rows),
+            vector_norm(direction, dim=1).square_())
+
+
+_compiled = None  # torch.compile(_rotate), made at the first use; _rotate itself if compiling failed
+
+
+def _compiled_rotate(*args, **kwargs):
+    """_rotate through torch.compile (impl="compiled").
+
+    The compilation is paid once per process (dynamic shapes: one kernel for every
+    tensor shape) and torch caches the kernels on disk for later processes. If it
+    fails (no C++ compiler, a backend torch lacks), the eager _rotate computes the
+    same numbers up to float rounding.
+    """
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(_rotate, dynamic=True, fullgraph=True)
+    if _compiled is not _rotate:
+        try:
+            return _compiled(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - whatever breaks the compiler, the eager code still works
+            # torch wraps the compiler's own error (BackendCompilerFailed.inner_exception): report that one.
+            while (inner := getattr(error, "inner_exception", None) or error.__cause__) is not None:
+                error = inner
+            warnings.warn(f"torch.compile of the rotational step failed, so it runs eagerly: "
+                          f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}")
+            _compiled = _rotate
+    return _rotate(*args, **kwargs)
