@@ -88,14 +88,12 @@ def run_resources(profile: dict, gpus_per_run: int | None = None, nodes_per_run:
     A run of G processes (one per GPU; CPU processes with gloo on a profile without
     gpus_per_node) on N nodes is one job of `nodes` = N and `tasks_per_node` = G / N,
     plus `gpus_per_node` = G / N on a GPU profile. G and N come from the arguments, else
-    the profile's own gpus_per_run / nodes_per_run keys (rotsweep's, not submitit's),
-    else one process on one node. They do not change what a run computes (rotsweep.distributed).
+    from the profile's own nodes × tasks_per_node and nodes (1 and 1 if absent). They do
+    not change what a run computes (see rotsweep.distributed), so they are not in run_ids.
     """
     parameters = dict(profile)
-    processes = gpus_per_run or parameters.pop("gpus_per_run", 1)
-    nodes = nodes_per_run or parameters.pop("nodes_per_run", 1)
-    parameters.pop("gpus_per_run", None)
-    parameters.pop("nodes_per_run", None)
+    processes = gpus_per_run or parameters.get("nodes", 1) * parameters.get("tasks_per_node", 1)
+    nodes = nodes_per_run or parameters.get("nodes", 1)
     if processes < 1 or nodes < 1:
         raise UserError(f"GPUs per run ({processes}) and nodes per run ({nodes}) must be at least 1")
     if processes % nodes:

@@ -209,7 +209,9 @@ class Trainer:
         resumed = self.load_checkpoint()
         self.log(
             f"{'resumed at step ' + str(self.step) if resumed else 'started'}: run {self.config.run_id}, "
-            f"{lengths.total_steps} steps on {self.device}, {self.config.model} on {self.config.dataset}"
+            f"{lengths.total_steps} steps on {self.device}"
+            f"{f' × {self.ranks.world_size} processes' if self.ranks.distributed else ''}, "
+            f"{self.config.model} on {self.config.dataset}"
         )
         self.write_status("running")
         started = time.time()

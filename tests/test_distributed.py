@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 from rotsweep import distributed, launch, presets, store, train
 from rotsweep.cli import app
+from rotsweep.config import RunConfig
 from rotsweep.data import load_dataset
 from rotsweep.distributed import Ranks
 from rotsweep.errors import UserError
@@ -222,3 +223,79 @@ def test_sigkill_of_a_rank_takes_the_run_down_and_it_resumes_with_another_world_
     uninterrupted = rotsweep_train(*settings, "--out", str(tmp_path / "uninterrupted"))
     assert uninterrupted.returncode == 0
     assert_same_metrics(tmp_path / "uninterrupted", out)
+
+
+# --- the real SLURM cluster: 2 tasks per run (gloo) -------------------------------------------
+
+
+def slurm_problem() -> str | None:
+    try:
+        launch.check_slurm_reachable()
+    except UserError as error:
+        return str(error)
+    return None
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def slurm_task_pids(jobs_dir: Path) -> dict[int, int]:
+    """{SLURM_PROCID: pid} of the tasks running a sweep's submitit jobs (srun sets the variable at exec)."""
+    tasks = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or str(jobs_dir).encode() not in (proc / "cmdline").read_bytes():
+                continue
+            environ = dict(item.split(b"=", 1) for item in (proc / "environ").read_bytes().split(b"\0") if b"=" in item)
+        except OSError:
+            continue  # gone meanwhile
+        if b"SLURM_PROCID" in environ and b"submitit.core._submit" in (proc / "cmdline").read_bytes():
+            tasks[int(environ[b"SLURM_PROCID"])] = int(proc.name)
+    return tasks
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.skipif(slurm_problem() is not None and not os.environ.get("CI"),
+                    reason=f"no SLURM controller ({slurm_problem()}); start one with `bash slurm/cluster.sh start`")
+def test_slurm_run_of_two_tasks_survives_sigkill_of_a_rank_and_ends_as_an_uninterrupted_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["launch", "dynamics", "--model", "gpt2", "--scale", "tiny", "--executor", "slurm", "--profile", "local",
+            "--out", str(sweep), "--gpus-per-run", "2", "--json",
+            "--set", "steps=400", "--set", "accumulation=2", "--set", "checkpoint_interval=50",
+            "--set", "eval_interval=100", "--set", "weight_standardization=false", "--set", "gain=false"]
+    import json
+
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.output)["submitted_runs"] == 1
+    run_id = store.read_manifest(sweep)["launches"][0]["submitted"][0]
+    run_dir = store.run_dir(sweep, run_id)
+    wait_for(lambda: store.read_status(run_dir).get("step", 0) >= 50, 900, "the first checkpoint")
+    assert store.read_status(run_dir)["world_size"] == 2
+    tasks = wait_for(lambda: (found := slurm_task_pids(store.jobs_dir(sweep))) and len(found) == 2 and found,
+                     60, "two SLURM tasks")
+    os.kill(tasks[0], signal.SIGKILL)  # rank 0, the one that writes the files
+    stopped = wait_for(lambda: (report := launch.sweep_status(sweep))["runs"][0]["state"] in launch.STOPPED_STATES
+                       and report, 300, "the job to end")
+    assert stopped["runs"][0]["state"] in ("failed", "preempted") and store.read_status(run_dir)["step"] < 400
+
+    again = CliRunner().invoke(app, args)  # the relaunch resubmits the killed run
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["submitted_runs"] == 1
+    done = wait_for(lambda: (report := launch.sweep_status(sweep))["runs"][0]["state"] in launch.STOPPED_STATES
+                    and report, 900, "the relaunched run")
+    assert done["runs"][0]["state"] == "done", launch.format_status(done)
+    assert "resumed at step" in (run_dir / store.LOG_FILE).read_text()
+
+    # The same run, uninterrupted, in one process here.
+    config = RunConfig.load(run_dir / store.CONFIG_FILE)
+    assert train.run(config, tmp_path / "uninterrupted") == "done"
+    assert_same_metrics(tmp_path / "uninterrupted", run_dir)
