@@ -390,6 +390,8 @@ class RunJob(submitit.helpers.Checkpointable):
                     results[config.run_id] = store.read_status(Path(run_dir))["status"]
                 else:
                     results[config.run_id] = train.run(config, run_dir, data_dir=self.data_dir)
+            except distributed.RankLost:
+                raise  # the process group is gone: no later run of this job could start either
             except Exception as error:  # recorded in the run's status.json and log.txt
                 results[config.run_id] = "failed"
                 failures.append(f"{config.run_id}: {type(error).__name__}: {error}")

@@ -225,6 +225,25 @@ def test_sigkill_of_a_rank_takes_the_run_down_and_it_resumes_with_another_world_
     assert_same_metrics(tmp_path / "uninterrupted", out)
 
 
+@pytest.mark.slow
+def test_local_executor_runs_a_run_on_two_processes(tmp_path):
+    import json
+
+    sweep = tmp_path / "sweep"
+    result = CliRunner().invoke(app, [
+        "launch", "dynamics", "--model", "gpt2", "--scale", "tiny", "--executor", "local", "--out", str(sweep),
+        "--gpus-per-run", "2", "--json", "--set", "steps=20", "--set", "accumulation=2",
+        "--set", "weight_standardization=false", "--set", "gain=false"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["submitted_runs"] == 1
+    report = wait_for(lambda: (r := launch.sweep_status(sweep))["runs"][0]["state"] in launch.STOPPED_STATES and r,
+                      900, "the local run")
+    assert report["runs"][0]["state"] == "done", launch.format_status(report)
+    run_dir = store.run_dir(sweep, report["runs"][0]["run_id"])
+    assert store.read_status(run_dir)["world_size"] == 2
+    assert "× 2 processes" in (run_dir / store.LOG_FILE).read_text()
+
+
 # --- the real SLURM cluster: 2 tasks per run (gloo) -------------------------------------------
 
 
