@@ -17,6 +17,12 @@ convention as nanoGPT's train.py, which divides gradient_accumulation_steps by
 the world size). With W = 2 and accumulation 2a each rank accumulates a micro-batches;
 the result equals one process accumulating 2a up to float summation order.
 
+Two things differ from one process by more than rounding, both documented where
+they happen: dropout masks (ranks other than 0 draw their own, see
+reseed_other_ranks), and BatchNorm running statistics, which DDP takes from
+rank 0's micro-batches (broadcast_buffers); they only enter evaluation, training
+uses each micro-batch's own statistics as before.
+
 How the processes are started is the caller's business; this module reads the
 env:// convention of torch.distributed (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT), which `spawn` sets for a local multi-process run and
@@ -33,9 +39,11 @@ from datetime import timedelta
 from itertools import count, islice
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
+from rotsweep.data import seed_sequence
 from rotsweep.errors import UserError
 
 # Seconds a collective may wait for a silent rank before the job fails with an error
@@ -117,7 +125,9 @@ def sharded_train_batches(
 
     open_stream(k) is the single-process stream of micro-batches from micro-batch k on
     (a Dataset's train_batches, whose batch k depends only on (seed, k)). One process
-    reads it straight through; rank r of W reopens it at its block of every step.
+    reads it straight through; rank r of W reopens it at its block of every step (cheap
+    for the in-memory sets and token files; ImageNet then starts its DataLoader workers
+    once per step, which a rank-aware sampler would avoid).
     """
     if not ranks.distributed:
         return open_stream(start_step * accumulation)
@@ -128,6 +138,19 @@ def sharded_train_batches(
             yield from islice(open_stream(step * accumulation + ranks.rank * block), block)
 
     return blocks()
+
+
+def reseed_other_ranks(seed: int, step: int, ranks: Ranks) -> None:
+    """Give ranks 1.. their own random numbers (dropout masks) for this step.
+
+    All ranks start from the same seed, so without this the j-th micro-batch of every
+    rank would draw the same dropout mask. Rank 0 keeps the single-process stream (a
+    run on one process is unchanged); the others reseed from (seed, rank, step), which
+    also makes their draws resume exactly without a per-rank RNG state in the checkpoint.
+    """
+    if ranks.rank > 0:
+        state = seed_sequence("rank generator", seed, ranks.rank, step).generate_state(1, dtype=np.uint64)[0]
+        torch.manual_seed(int(state))
 
 
 def sharded_eval_batches(batches: Iterable, ranks: Ranks) -> Iterator:

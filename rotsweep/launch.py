@@ -617,7 +617,8 @@ def dry_run_report(
 ) -> dict:
     """Everything `launch` would do, as data: runs, grid, resources, sbatch header, GPU hours.
 
-    GPU hours count every GPU a run holds: the estimated run hours × the GPUs of its job.
+    GPU hours count every GPU a run holds: the estimated single-GPU run hours × the GPUs of
+    its job, an upper bound (a run on G GPUs at ideal scaling takes 1/G of the time).
     """
     profile = run_resources(load_profile(profile_name or default_profile(plan.scale)), gpus_per_run, nodes_per_run)
     check_divides_accumulation(plan.to_submit, processes_per_run(profile))
@@ -683,6 +684,9 @@ def format_dry_run(report: dict) -> str:
     if report.get("gpu_hours") is not None:
         lines.append(f"estimated A100 GPU-hours (from the paper's Table 4/5 durations, × {report['gpus_per_run']} "
                      f"GPU(s) per run): {report['gpu_hours']}")
+        if report["gpus_per_run"] > 1:
+            lines.append(f"  (held for a run's single-GPU duration: an upper bound; at ideal DDP scaling a run "
+                         f"takes 1/{report['gpus_per_run']} of it and the GPU-hours are those of one GPU)")
     if "sbatch_header" in report:
         lines += ["sbatch header:", report["sbatch_header"]]
     lines.append("dry run: nothing was submitted or written")

@@ -247,6 +247,7 @@ class Trainer:
         lr = learning_rate(config, self.step, self.lengths.total_steps, self.lengths.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        distributed.reseed_other_ranks(config.seed, self.step, self.ranks)
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for index in range(self.micro_batches):

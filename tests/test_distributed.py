@@ -72,6 +72,18 @@ def test_eval_shards_cover_every_batch_exactly_once():
     assert not set(shards[0]) & set(shards[1])
 
 
+def test_other_ranks_draw_their_own_dropout_masks_and_redraw_them_on_resume():
+    def mask(rank: int, step: int) -> torch.Tensor:
+        torch.manual_seed(0)  # where every rank starts from
+        distributed.reseed_other_ranks(7, step, two(rank))
+        return torch.nn.functional.dropout(torch.ones(64), p=0.5)
+
+    assert torch.equal(mask(0, 3), mask(0, 4))  # rank 0's global stream is left alone
+    assert not torch.equal(mask(0, 3), mask(1, 3))  # rank 1 draws another mask...
+    assert not torch.equal(mask(1, 3), mask(1, 4))  # ...a new one every step...
+    assert torch.equal(mask(1, 3), mask(1, 3))  # ...which a resumed run draws again
+
+
 def test_accumulation_that_does_not_split_evenly_is_refused():
     assert distributed.per_rank_accumulation(6, two(0)) == 3
     with pytest.raises(UserError, match="accumulation 3 cannot be split evenly over 2 processes"):
