@@ -182,9 +182,11 @@ def train(
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
     data_dir: Optional[Path] = typer.Option(None, help="data sets root (default: $ROTSWEEP_DATA_DIR)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    procs: int = typer.Option(1, "--procs", help="processes (DDP ranks, gloo on CPU) sharing the run; "
+                                                 "they split its accumulation, so it must divide it"),
 ) -> None:
     """Run one training run into OUT: config.json, status.json, metrics and dynamics Parquet, checkpoint."""
-    from rotsweep import presets, store, train as training
+    from rotsweep import distributed, presets, store, train as training
     from rotsweep.config import RunConfig
 
     directory = output_dir(out)
@@ -192,7 +194,24 @@ def train(
         raise UserError("give exactly one of --preset NAME or --config FILE")
     run_config = presets.preset(preset) if preset else RunConfig.load(config)
     run_config = run_config.with_overrides(set_)
-    status = training.run(run_config, directory, device=device, data_dir=data_dir, progress=progress)
+    if procs < 1:
+        raise UserError(f"--procs must be at least 1, not {procs}")
+    if run_config.accumulation % procs:
+        raise UserError(
+            f"--procs {procs} does not divide accumulation {run_config.accumulation}: the processes share out "
+            f"each step's micro-batches; use --set accumulation={run_config.accumulation * procs} (or another "
+            f"multiple of {procs}) or a --procs that divides {run_config.accumulation}"
+        )
+    if procs == 1:
+        status = training.run(run_config, directory, device=device, data_dir=data_dir, progress=progress)
+    else:
+        store.prepare_run_dir(run_config, directory)  # a refused directory is one line here, not in every rank
+        try:
+            distributed.spawn(procs, training.run, run_config, str(directory), device=device,
+                              data_dir=None if data_dir is None else str(data_dir), progress=progress)
+        except distributed.ProcessFailed as error:
+            typer.echo(f"{error}; see {directory / store.LOG_FILE}", err=True)
+        status = store.read_status(directory)["status"]
     summary = store.read_status(directory)
     typer.echo(f"run {run_config.run_id}: {status} at step {summary.get('step')} in {summary.get('wall_s')} s "
                f"-> {directory}")
@@ -292,6 +311,9 @@ def launch(
     runs_per_job: int = typer.Option(1, min=1, help="pack several runs into one job"),
     rerun_failed: bool = typer.Option(False, "--rerun-failed", help="also resubmit runs that raised an error"),
     data_dir: Optional[Path] = typer.Option(None, help="data sets root on the nodes (default: $ROTSWEEP_DATA_DIR)"),
+    gpus_per_run: Optional[int] = typer.Option(
+        None, help="processes (DDP ranks) per run, one GPU each on a GPU profile (default: the profile's, else 1)"),
+    nodes_per_run: Optional[int] = typer.Option(None, help="nodes per run (default: the profile's, else 1)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; submit nothing"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -303,8 +325,9 @@ def launch(
         overrides=set_, rerun_failed=rerun_failed,
     )
     if dry_run:
-        report = launcher.dry_run_report(plan, executor=executor.value, profile_name=profile,
-                                         max_parallel=max_parallel, runs_per_job=runs_per_job)
+        report = launcher.dry_run_report(plan, executor=executor.value, profile_name=profile, max_parallel=max_parallel,
+                                         runs_per_job=runs_per_job, gpus_per_run=gpus_per_run,
+                                         nodes_per_run=nodes_per_run)
         if as_json:
             print_json(report)
         else:
@@ -312,7 +335,7 @@ def launch(
         return
     submission = launcher.submit(
         plan, executor=executor.value, profile_name=profile, max_parallel=max_parallel, runs_per_job=runs_per_job,
-        data_dir=str(data_dir) if data_dir else None,
+        data_dir=str(data_dir) if data_dir else None, gpus_per_run=gpus_per_run, nodes_per_run=nodes_per_run,
     )
     summary = {
         "sweep": str(plan.sweep), "submitted_runs": submission.runs, "jobs": submission.jobs,

@@ -127,6 +127,45 @@ def check_profile(profile: dict, path: Path) -> None:
             raise UserError(f"profile {path}: {key} = {value!r} has the wrong type, expected {names}")
 
 
+def run_resources(profile: dict, gpus_per_run: int | None = None, nodes_per_run: int | None = None) -> dict:
+    """The profile with the processes of one run laid out as submitit parameters.
+
+    A run of G processes (one per GPU; CPU processes with gloo on a profile without
+    gpus_per_node) on N nodes is one job of `nodes` = N and `tasks_per_node` = G / N,
+    plus `gpus_per_node` = G / N on a GPU profile. G and N come from the arguments, else
+    from the profile's own nodes × tasks_per_node and nodes (1 and 1 if absent). They do
+    not change what a run computes (see rotsweep.distributed), so they are not in run_ids.
+    """
+    parameters = dict(profile)
+    processes = gpus_per_run or parameters.get("nodes", 1) * parameters.get("tasks_per_node", 1)
+    nodes = nodes_per_run or parameters.get("nodes", 1)
+    if processes < 1 or nodes < 1:
+        raise UserError(f"GPUs per run ({processes}) and nodes per run ({nodes}) must be at least 1")
+    if processes % nodes:
+        raise UserError(f"{processes} GPUs per run cannot be spread evenly over {nodes} nodes; "
+                        f"choose a number of GPUs per run that is a multiple of the nodes per run")
+    parameters["nodes"] = nodes
+    parameters["tasks_per_node"] = processes // nodes
+    if "gpus_per_node" in parameters:
+        parameters["gpus_per_node"] = processes // nodes
+    return parameters
+
+
+def processes_per_run(resources: dict) -> int:
+    return resources.get("nodes", 1) * resources.get("tasks_per_node", 1)
+
+
+def check_divides_accumulation(runs: list[PlannedRun], processes: int) -> None:
+    """Each process accumulates accumulation / processes micro-batches, so it must divide every run's."""
+    for run in runs:
+        if run.config.accumulation % processes:
+            raise UserError(
+                f"run {run.config.run_id} accumulates {run.config.accumulation} micro-batches per step, which "
+                f"cannot be shared out over {processes} processes; choose GPUs per run dividing "
+                f"{run.config.accumulation}, or --set accumulation to a multiple of {processes}"
+            )
+
+
 # --- Asking the scheduler ------------------------------------------------------------------
 
 
@@ -547,26 +586,39 @@ class RunJob(submitit.helpers.Checkpointable):
     checkpoint, and finished runs are skipped.
     """
 
-    def __init__(self, run_dirs: list[str], data_dir: str | None = None, threads: int | None = None):
+    def __init__(self, run_dirs: list[str], data_dir: str | None = None, threads: int | None = None,
+                 local_processes: int = 1):
         self.run_dirs = run_dirs
         self.data_dir = data_dir
         self.threads = threads
+        # Local executor: processes started here per run. On SLURM each task of the job runs
+        # this object; its env:// variables come from submitit (distributed.export_slurm_env).
+        self.local_processes = local_processes
 
     def __call__(self) -> dict[str, str]:
         import torch
 
-        from rotsweep import train
+        from rotsweep import distributed, train
 
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
         if threads:
             torch.set_num_threads(threads)
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+            distributed.export_slurm_env()
         results, failures = {}, []
         for run_dir in self.run_dirs:
             if not (Path(run_dir) / store.CONFIG_FILE).exists():
                 continue  # its directory was deleted after submission: a relaunch submits it anew
             config = RunConfig.load(Path(run_dir) / store.CONFIG_FILE)
             try:
-                results[config.run_id] = train.run(config, run_dir, data_dir=self.data_dir)
+                if self.local_processes > 1:
+                    distributed.spawn(self.local_processes, train.run, config, run_dir, data_dir=self.data_dir,
+                                      threads=max(1, (threads or os.cpu_count() or 1) // self.local_processes))
+                    results[config.run_id] = store.read_status(Path(run_dir))["status"]
+                else:
+                    results[config.run_id] = train.run(config, run_dir, data_dir=self.data_dir)
+            except distributed.RankLost:
+                raise  # the process group is gone: no later run of this job could start either
             except Exception as error:  # recorded in the run's status.json and log.txt
                 results[config.run_id] = "failed"
                 failures.append(f"{config.run_id}: {type(error).__name__}: {error}")
@@ -617,6 +669,9 @@ def make_executor(executor: str, sweep: Path, profile: dict, max_parallel: int |
     folder = store.jobs_dir(sweep)
     if executor == "slurm":
         parameters = dict(profile)
+        if processes_per_run(parameters) > 1:
+            # Whole job down when one task fails (a dead rank), not the others hanging on it.
+            parameters.setdefault("slurm_srun_args", ["--kill-on-bad-exit=1"])
         if max_parallel:
             parameters["slurm_array_parallelism"] = max_parallel
         chosen = submitit.AutoExecutor(folder=folder, cluster="slurm")
@@ -646,10 +701,16 @@ def submit(
     max_parallel: int | None = None,
     runs_per_job: int = 1,
     data_dir: str | None = None,
+    gpus_per_run: int | None = None,
+    nodes_per_run: int | None = None,
 ) -> Submission:
-    """Submit the plan's runs; returns as soon as the scheduler has them."""
+    """Submit the plan's runs; returns as soon as the scheduler has them.
+
+    gpus_per_run / nodes_per_run spread each run over several processes (see run_resources).
+    """
     check_submission_options(executor, max_parallel, runs_per_job)
-    profile = load_profile(profile_name or default_profile(plan.scale))
+    profile = run_resources(load_profile(profile_name or default_profile(plan.scale)), gpus_per_run, nodes_per_run)
+    check_divides_accumulation(plan.to_submit, processes_per_run(profile))
     if executor == "slurm":
         check_slurm_reachable()
     if plan.scale == "paper":
@@ -671,7 +732,10 @@ def submit_locked(
     packed = packing(executor, len(runs), max_parallel, runs_per_job)
     max_parallel = packed.max_parallel
     groups = pack(runs, packed.runs_per_job)
-    jobs_to_make = [RunJob([str(run.run_dir) for run in group], data_dir, packed.threads) for group in groups]
+    # Locally a job starts each run's processes itself; on SLURM they are the job's tasks.
+    local_processes = processes_per_run(profile) if executor == "local" else 1
+    jobs_to_make = [RunJob([str(run.run_dir) for run in group], data_dir, packed.threads, local_processes)
+                    for group in groups]
     for job in jobs_to_make:
         pickle.dumps(job)  # fail here, not on the node, if something cannot be pickled
 
@@ -884,15 +948,20 @@ def submitit_sbatch_parameter_types() -> dict:
 
 
 def dry_run_report(
-    plan: Plan, *, executor: str, profile_name: str | None, max_parallel: int | None, runs_per_job: int
+    plan: Plan, *, executor: str, profile_name: str | None, max_parallel: int | None, runs_per_job: int,
+    gpus_per_run: int | None = None, nodes_per_run: int | None = None,
 ) -> dict:
     """Everything `launch` would do, as data: runs, grid, resources, sbatch header, GPU hours.
 
     Checks what `submit` checks first, and counts jobs as it packs them; local jobs have no
     profile (their resources are this machine's), and nothing to submit has no sbatch header.
+    GPU hours count every GPU a run holds: the estimated single-GPU run hours × the GPUs of
+    its job, an upper bound (a run on G GPUs at ideal scaling takes 1/G of the time).
     """
     check_submission_options(executor, max_parallel, runs_per_job)
-    profile = load_profile(profile_name or default_profile(plan.scale))
+    profile = run_resources(load_profile(profile_name or default_profile(plan.scale)), gpus_per_run, nodes_per_run)
+    gpus_per_job = processes_per_run(profile)  # one GPU per process
+    check_divides_accumulation(plan.to_submit, gpus_per_job)
     packed = packing(executor, len(plan.to_submit), max_parallel, runs_per_job)
     jobs = len(pack(plan.to_submit, packed.runs_per_job))
     hours = [estimated_gpu_hours(run.config) for run in plan.to_submit]
@@ -916,7 +985,8 @@ def dry_run_report(
         "runs_per_job": packed.runs_per_job,
         "max_parallel": packed.max_parallel,
         "threads_per_job": packed.threads,
-        "gpu_hours": round(sum(known) * profile.get("gpus_per_node", 1), 1) if known and plan.scale == "paper" else None,
+        "gpus_per_run": gpus_per_job,
+        "gpu_hours": round(sum(known) * gpus_per_job, 1) if known and plan.scale == "paper" else None,
         "problems": plan.problems,
     }
     if executor == "slurm" and jobs:
@@ -963,7 +1033,11 @@ def format_dry_run(report: dict) -> str:
         lines.append("to_submit: 0 (nothing to do: every run is finished, in flight or needs --rerun-failed)")
     lines += [f"problem: {problem}" for problem in report["problems"]]
     if report.get("gpu_hours") is not None:
-        lines.append(f"estimated A100 GPU-hours (from the paper's Table 4/5 durations): {report['gpu_hours']}")
+        lines.append(f"estimated A100 GPU-hours (from the paper's Table 4/5 durations, × {report['gpus_per_run']} "
+                     f"GPU(s) per run): {report['gpu_hours']}")
+        if report["gpus_per_run"] > 1:
+            lines.append(f"  (held for a run's single-GPU duration: an upper bound; at ideal DDP scaling a run "
+                         f"takes 1/{report['gpus_per_run']} of it and the GPU-hours are those of one GPU)")
     if "sbatch_header" in report:
         lines += ["sbatch header:", report["sbatch_header"]]
     lines.append("dry run: nothing was submitted or written")

@@ -12,6 +12,10 @@ with exactly the metrics of an uninterrupted run: the data order and the lr
 are pure functions of the step, RNG state is checkpointed, the run keeps the
 intra-op thread count it started with, and everything measured after the
 checkpoint is discarded and measured again.
+
+A run may also spread over several processes (torch.distributed, DDP; see
+rotsweep.distributed): the same numbers, the batch shared out between the ranks,
+and rank 0 alone writing the files above. It resumes with any number of processes.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from rotsweep import store
+from rotsweep import distributed, store
 from rotsweep.config import RunConfig
 from rotsweep.data import check_dataset, load_dataset
 from rotsweep.dynamics import DynamicsRecorder
@@ -85,14 +89,21 @@ class Lengths:
 
 
 class RunLog:
-    """Appends timestamped lines to log.txt (and echoes them when asked)."""
+    """Appends timestamped lines to log.txt (and echoes them when asked).
 
-    def __init__(self, path: Path, echo: bool = False):
+    Only rank 0 writes log.txt; the other ranks of a distributed run write only why
+    they stopped, to their stderr (the job's per-task log), see `run`.
+    """
+
+    def __init__(self, path: Path, echo: bool = False, ranks: distributed.Ranks = distributed.Ranks()):
         self.path = path
         self.echo = echo
+        self.ranks = ranks
 
     def __call__(self, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        if not self.ranks.is_main:
+            return
         with open(self.path, "a") as handle:
             handle.write(line + "\n")
         if self.echo:
@@ -108,27 +119,43 @@ def run(
     progress: bool = False,
     echo: bool = False,
 ) -> str:
-    """Train (or resume) one run in run_dir; returns its final status."""
+    """Train (or resume) one run in run_dir; returns its final status.
+
+    In a process of a distributed run (WORLD_SIZE set, see rotsweep.distributed) this joins
+    the process group; every rank calls run() with the same arguments.
+    """
     run_dir = Path(run_dir)
     # What can be refused without data or tensors is refused before anything is written.
-    chosen_device = pick_device(device)
+    chosen = pick_device(device)
     check_model(config.model, config.model_options)
     check_dataset(config.dataset, config.dataset_options)
-    prepare_run_dir(config, run_dir)
+    ranks = distributed.init_from_env(chosen)
+    chosen = distributed.local_device(chosen, ranks)
+    if ranks.is_main:
+        prepare_run_dir(config, run_dir)
+        # This process is the run's only writer now: what a killed one was writing is garbage.
+        for directory in (run_dir, run_dir / DYNAMICS_DIR):
+            store.remove_temporaries(directory)
+    distributed.barrier(ranks)  # the others read the status only once rank 0 has checked the directory
     status = read_status(run_dir)
     if status["status"] in FINISHED_STATUSES:
         return status["status"]
-    # This process is the run's only writer now: what a killed one was writing is garbage.
-    for directory in (run_dir, run_dir / DYNAMICS_DIR):
-        store.remove_temporaries(directory)
-    log = RunLog(run_dir / LOG_FILE, echo=echo)
+    log = RunLog(run_dir / LOG_FILE, echo=echo, ranks=ranks)
     threads = torch.get_num_threads()  # a resumed run may change it (see Trainer.__init__); restored below
     try:
-        return Trainer(config, run_dir, chosen_device, data_dir, log).train(progress=progress)
+        return Trainer(config, run_dir, chosen, data_dir, log, ranks).train(progress=progress and ranks.is_main)
     except BaseException as error:
-        # KeyboardInterrupt and SystemExit (SLURM preemption) leave a resumable run behind.
-        interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
-        log("interrupted" if interrupted else "failed:\n" + traceback.format_exc())
+        # KeyboardInterrupt and SystemExit (SLURM preemption) leave a resumable run behind, and so
+        # does a lost rank: nothing is wrong with the run, it resumes from its checkpoint.
+        interrupted = isinstance(error, (KeyboardInterrupt, SystemExit, distributed.RankLost))
+        if isinstance(error, distributed.RankLost):
+            message = f"interrupted: {error}"
+        else:
+            message = "interrupted" if interrupted else "failed:\n" + traceback.format_exc()
+        log(message)
+        if not ranks.is_main:
+            print(f"rank {ranks.rank}: {message}", file=sys.stderr, flush=True)
+            raise
         previous = read_status(run_dir)
         write_status(
             run_dir,
@@ -144,15 +171,18 @@ def run(
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, run_dir: Path, device: torch.device, data_dir, log: RunLog):
+    def __init__(self, config: RunConfig, run_dir: Path, device: torch.device, data_dir, log: RunLog,
+                 ranks: distributed.Ranks = distributed.Ranks()):
         self.config = config
         self.run_dir = run_dir
         self.device = device
         self.log = log
+        self.ranks = ranks
+        self.micro_batches = distributed.per_rank_accumulation(config.accumulation, ranks)
         # CPU kernels split their sums over the intra-op threads, so the thread count changes the
         # rounding: a run keeps the count it started with, whatever its new allocation. Set before
         # anything is computed; the checkpoint's state is applied in load_checkpoint.
-        self.checkpoint = read_checkpoint(run_dir / CHECKPOINT_FILE, device, log)
+        self.checkpoint = read_checkpoint(run_dir / CHECKPOINT_FILE, device, log, set_aside=ranks.is_main)
         self.threads = (self.checkpoint or {}).get("threads") or torch.get_num_threads()
         torch.set_num_threads(self.threads)
 
@@ -180,13 +210,19 @@ class Trainer:
             weight_decay=config.weight_decay, betas=(config.beta1, config.beta2),
             momentum=config.momentum, eps=config.eps, **rotational_options(config),
         )
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        # DDP all-reduces (averages) the gradients in backward; the optimizer, the rotational
+        # wrapper and the recorder then see the same gradients on every rank.
+        self.wrapped = distributed.wrap_model(self.model, device, ranks)
+        self.forward = torch.compile(self.wrapped) if config.compile else self.wrapped
+        # Evaluation is sharded, so ranks run different numbers of batches: it must not go through
+        # DDP, whose forward may synchronise buffers between the ranks.
+        self.eval_forward = self.model if ranks.distributed else self.forward
         self.recorder = (
             DynamicsRecorder(
                 self.model.named_parameters(), interval=config.dynamics_interval,
                 sample_neurons=config.dynamics_sample_neurons, seed=config.seed,
             )
-            if config.dynamics_interval > 0
+            if config.dynamics_interval > 0 and ranks.is_main  # measures state equal on all ranks
             else None
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
@@ -204,14 +240,16 @@ class Trainer:
         resumed = self.load_checkpoint()
         self.log(
             f"{'resumed at step ' + str(self.step) if resumed else 'started'}: run {self.config.run_id}, "
-            f"{lengths.total_steps} steps on {self.device} ({self.threads} intra-op threads), "
+            f"{lengths.total_steps} steps on {self.device} ({self.threads} intra-op threads)"
+            f"{f' × {self.ranks.world_size} processes' if self.ranks.distributed else ''}, "
             f"{self.config.model} on {self.config.dataset}"
         )
-        write_status(self.run_dir, "running", **self.status_fields())
+        self.write_status("running")
         started = time.time()
         wall_before = self.wall_s
-        batches = self.data.train_batches(
-            self.config.batch_size, seed=self.config.seed, start_step=self.step * self.config.accumulation
+        batches = distributed.sharded_train_batches(
+            lambda first: self.data.train_batches(self.config.batch_size, seed=self.config.seed, start_step=first),
+            start_step=self.step, accumulation=self.config.accumulation, ranks=self.ranks,
         )
         bar = ProgressBar(lengths.total_steps, self.step) if progress else contextlib.nullcontext()
         with bar:
@@ -225,25 +263,36 @@ class Trainer:
                     bar.update(self.step, loss)
                 self.after_step()
         self.save_checkpoint()
-        write_status(self.run_dir, "done", **self.status_fields())
+        self.write_status("done")
         self.log(f"done in {self.wall_s:.1f} s; {self.last_metrics()}")
         return "done"
 
     def train_step(self, batches) -> float:
-        """One optimizer step (with gradient accumulation); returns the mean micro-batch loss."""
+        """One optimizer step (with gradient accumulation); returns the mean micro-batch loss.
+
+        Each rank accumulates self.micro_batches = accumulation / world size micro-batches, each
+        loss divided by that count; DDP averages over the ranks in the last backward, giving the
+        mean gradient over all `accumulation` micro-batches of the step.
+        """
         config = self.config
         lr = learning_rate(config, self.step, self.lengths.total_steps, self.lengths.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        distributed.reseed_other_ranks(config.seed, self.step, self.ranks)
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
-        for _ in range(config.accumulation):
+        for index in range(self.micro_batches):
             inputs, targets = next(batches)
-            with self.autocast():
-                loss = self.loss(self.forward(inputs), targets)
-            self.scaler.scale(loss / config.accumulation).backward()
+            last = index == self.micro_batches - 1
+            with distributed.no_sync(self.wrapped, last):
+                with self.autocast():
+                    loss = self.loss(self.forward(inputs), targets)
+                # The last backward all-reduces the gradients: a dead peer shows up there.
+                with distributed.collective(self.ranks, "gradient all-reduce") if last else contextlib.nullcontext():
+                    self.scaler.scale(loss / self.micro_batches).backward()
             total += loss.detach()
-        mean_loss = total / config.accumulation
+        # The mean over every rank's micro-batches, so that all ranks log and stop on divergence alike.
+        mean_loss = distributed.all_reduce_sum(total, self.ranks) / config.accumulation
         # One host sync per step: needed anyway to stop a diverged run before it writes NaNs.
         loss_value = mean_loss.item()
         if not math.isfinite(loss_value):
@@ -275,13 +324,14 @@ class Trainer:
             self.log(f"step {step}/{self.lengths.total_steps}: {self.last_metrics()}")
         if config.checkpoint_interval and step % config.checkpoint_interval == 0 and not last:
             self.save_checkpoint()
-            write_status(self.run_dir, "running", **self.status_fields())
+            self.write_status("running")
 
     def finish_diverged(self, loss: float) -> str:
         """Keep what was measured up to the divergence, and say so."""
         self.add_metric("train", "loss", loss)
-        self.write_measurements()
-        write_status(self.run_dir, "diverged", **self.status_fields())
+        if self.ranks.is_main:
+            self.write_measurements()
+        self.write_status("diverged")
         self.log(f"diverged at step {self.step}: train loss {loss}")
         return "diverged"
 
@@ -311,19 +361,22 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> None:
+        """Loss (and top-1) over the evaluation batches, shared out between the ranks and summed."""
         self.model.eval()
-        loss_sum, correct, count = 0.0, 0, 0
+        # float64 sums: the same totals whichever rank evaluated which batch, up to rounding.
+        sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
         batches = self.data.eval_batches(
             self.config.batch_size, split=self.config.eval_split, max_batches=self.config.eval_batches)
-        for inputs, targets in batches:
+        for inputs, targets in distributed.sharded_eval_batches(batches, self.ranks):
             with self.autocast():
-                logits = self.forward(inputs)
+                logits = self.eval_forward(inputs)
             logits = logits.reshape(-1, logits.shape[-1]).float()
             targets = targets.reshape(-1)
-            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-            correct += (logits.argmax(dim=-1) == targets).sum().item()
-            count += targets.numel()
+            sums[0] += F.cross_entropy(logits, targets, reduction="sum").item()
+            sums[1] += (logits.argmax(dim=-1) == targets).sum().item()
+            sums[2] += targets.numel()
         self.model.train()
+        loss_sum, correct, count = distributed.all_reduce_sum(sums, self.ranks).tolist()
         loss = loss_sum / max(count, 1)
         self.add_metric("val", "loss", loss)
         if self.data.kind == "image":
@@ -337,7 +390,11 @@ class Trainer:
             latest[f"{row['split']}_{row['metric']}"] = row["value"]
         return ", ".join(f"{name} {value:.4g}" for name, value in latest.items())
 
-    # --- files ------------------------------------------------------------------------------
+    # --- files (written by rank 0 alone) -----------------------------------------------------
+
+    def write_status(self, status: str) -> None:
+        if self.ranks.is_main:
+            write_status(self.run_dir, status, **self.status_fields())
 
     def status_fields(self) -> dict:
         return {
@@ -349,6 +406,7 @@ class Trainer:
             "threads": self.threads,
             "host": socket.gethostname(),
             "job_id": os.environ.get("SLURM_JOB_ID"),
+            "world_size": self.ranks.world_size,
             "log": str(self.run_dir / LOG_FILE),
         }
 
@@ -363,6 +421,8 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         self.log_train_loss()
+        if not self.ranks.is_main:
+            return
         # Measurements first: a kill between the two leaves parts past the checkpoint,
         # which load_checkpoint discards, rather than a checkpoint with missing rows.
         self.write_measurements()
@@ -382,9 +442,12 @@ class Trainer:
             torch.save(state, tmp)
 
     def load_checkpoint(self) -> bool:
+        # Every rank loads the same checkpoint; it holds no per-rank state (the weights, optimizer
+        # and RNG states are equal on all ranks), so it resumes with any number of processes.
         state, self.checkpoint = self.checkpoint, None  # read in __init__; not kept in memory
         if state is None:
-            self.discard_measurements_after(-1)
+            if self.ranks.is_main:
+                self.discard_measurements_after(-1)
             return False
         self.step = state["step"]
         self.wall_s = state["wall_s"]
@@ -397,8 +460,9 @@ class Trainer:
         torch.set_rng_state(state["rng_cpu"])
         if state["rng_cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
-        self.discard_measurements_after(self.step)
-        store.write_parquet(self.run_dir / METRICS_FILE, metrics_frame(self.metrics))
+        if self.ranks.is_main:
+            self.discard_measurements_after(self.step)
+            store.write_parquet(self.run_dir / METRICS_FILE, metrics_frame(self.metrics))
         return True
 
     def discard_measurements_after(self, step: int) -> None:
@@ -409,7 +473,7 @@ class Trainer:
                 part.unlink()
 
 
-def read_checkpoint(path: Path, device: torch.device, log: RunLog) -> dict | None:
+def read_checkpoint(path: Path, device: torch.device, log: RunLog, set_aside: bool = True) -> dict | None:
     """A checkpoint's state, or None to start the run over (no checkpoint, or an unreadable one).
 
     Loaded with weights_only=True: torch's restricted unpickler rebuilds only
@@ -417,7 +481,8 @@ def read_checkpoint(path: Path, device: torch.device, log: RunLog) -> dict | Non
     (no further types need allow-listing), and refuses a file that names any other
     callable (os.system, ...) before anything in it runs. A damaged file (a
     truncated copy, a disk that filled up) is set aside under a new name, and the
-    run starts over rather than failing at every resume.
+    run starts over rather than failing at every resume (set_aside=False: only starts
+    over, for the ranks of a distributed run other than the one that moves the file).
     """
     if not path.exists():
         return None
@@ -431,6 +496,8 @@ def read_checkpoint(path: Path, device: torch.device, log: RunLog) -> dict | Non
             "Delete it to start the run over"
         ) from None
     except Exception as error:  # zip or pickle structure broken
+        if not set_aside:
+            return None
         aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
         os.replace(path, aside)
         reason = (str(error).strip().splitlines() or [""])[0][:200]
