@@ -786,8 +786,8 @@ def _short(param: str) -> str:
     return param.removesuffix(".weight")
 
 
-# The rows draw_dynamics uses: norm / rms and angular_update / mean (read_dynamics reads both stats).
-DRAWN_REDUCTIONS = ("rms", "mean")
+# The (stat, reduction) rows draw_dynamics draws: all that plot_dynamics reads for it.
+DRAWN_ROWS = (("norm", "rms"), ("angular_update", "mean"))
 
 
 def draw_dynamics(chosen: pd.DataFrame, weights: list[str], dynamics: pd.DataFrame, layers: pd.DataFrame,
@@ -968,7 +968,7 @@ def plot_dynamics(sweep: str | os.PathLike, run_ids: list[str] | None = None, la
             weight = spread.idxmax() if spread.notna().any() else weights[0]
         dynamics = read_dynamics(sweep, chosen["run_id"].tolist(), [weight])
         return save(draw_neuron_dynamics(chosen, weight, dynamics, curves), sweep, "dynamics_neurons")
-    dynamics = read_dynamics(sweep, chosen["run_id"].tolist(), weights, reductions=DRAWN_REDUCTIONS)
+    dynamics = gather.read_dynamics(sweep, chosen["run_id"].tolist(), pairs=DRAWN_ROWS, params=weights)
     return save(draw_dynamics(chosen, weights, dynamics, layer_table, curves), sweep, "dynamics")
 
 

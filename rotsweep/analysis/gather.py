@@ -114,10 +114,12 @@ rotsweep.store (atomic per file). Identical inputs give byte-identical outputs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import heapq
 import json
 import math
+import operator
 import os
 import sys
 import typing
@@ -250,9 +252,11 @@ def read_results(sweep: str | os.PathLike, name: str) -> pd.DataFrame:
 def read_dynamics(sweep: str | os.PathLike, run_ids: list[str] | None = None, *,
                   stats: list[str] | tuple[str, ...] | None = None,
                   reductions: list[str] | tuple[str, ...] | None = None,
-                  params: list[str] | tuple[str, ...] | None = None) -> pd.DataFrame:
+                  params: list[str] | tuple[str, ...] | None = None,
+                  pairs: list[tuple[str, str]] | tuple[tuple[str, str], ...] | None = None) -> pd.DataFrame:
     """Rows of dynamics.parquet/: of `run_ids` (None: every run) whose stat, reduction and
-    param are among those given (None: any), in run_id order, each run's rows in file order.
+    param are among those given (None: any) and whose (stat, reduction) is one of `pairs`
+    (None: any), in run_id order, each run's rows in file order.
 
     Only the files of those runs are opened, and the filters are pushed into the Parquet
     scan, which streams: memory holds the rows returned, not the runs' tables.
@@ -268,6 +272,10 @@ def read_dynamics(sweep: str | os.PathLike, run_ids: list[str] | None = None, *,
         if values is not None:
             condition = ds.field(column).isin(list(values))
             wanted = condition if wanted is None else wanted & condition
+    if pairs is not None:
+        either = [(ds.field("stat") == stat) & (ds.field("reduction") == reduction) for stat, reduction in pairs]
+        condition = functools.reduce(operator.or_, either) if either else ds.scalar(False)
+        wanted = condition if wanted is None else wanted & condition
     dataset = ds.dataset([str(path) for path in paths], schema=DYNAMICS_SCHEMA, format="parquet")
     return dataset.to_table(filter=wanted).to_pandas()
 
@@ -622,16 +630,19 @@ def _schedule_lengths(run: RunFiles, steps_per_epoch: float) -> tuple[int | None
 class _LayerMeasure:
     """layers.parquet's rows of one run (module docstring), from its dynamics a batch at a time.
 
-    Kept per batch: the window's per-layer means (angular_update and norm, one row per
-    layer and recorded step) and fan-ins, which are few, and per sampled neuron only the
-    sum and count of its angular updates. rows() then aggregates them in pandas, in a fixed
-    order, so that the same files always give the same bits.
+    Each batch is reduced at once to per-layer sums and counts (of angular updates, of their
+    predictions, of norms), per-neuron sums and counts of the sampled angular updates, and
+    the layer's recorded steps, so memory does not grow with the run's rows. Means are
+    sums / counts of the finite values, as pandas' mean; the fixed order of the sums makes
+    the same files always give the same bits.
     """
 
     def __init__(self, run_id: str, window: tuple[int, int] | None, predict):
         self.run_id, self.window, self.predict = run_id, window, predict
-        self.means: list[pd.DataFrame] = []  # step, param, stat, value
+        self.sums: list[pd.DataFrame] = []  # per (stat, param): sum, count, predicted sum and count
+        self.fan_ins: list[pd.Series] = []  # per param, the first fan_in of each batch
         self.neuron_sums: list[pd.DataFrame] = []  # per (param, neuron): sum, count
+        self.steps: dict[str, list[np.ndarray]] = {}  # per param: the steps with an angular_update mean
 
     def add(self, rows: pa.Table) -> None:
         if self.window is None:
@@ -642,8 +653,18 @@ class _LayerMeasure:
         rotation = pc.equal(stat, "angular_update")
         means = pc.or_(pc.and_(pc.or_(rotation, pc.equal(stat, "norm")), pc.equal(reduction, "mean")),
                        pc.equal(stat, FAN_IN))
-        self.means.append(rows.filter(pc.and_(in_window, means)).select(["step", "param", "stat", "value"])
-                          .to_pandas())
+        means = rows.filter(pc.and_(in_window, means)).select(["step", "param", "stat", "value"]).to_pandas()
+        fan_in = means["stat"] == FAN_IN
+        self.fan_ins.append(means[fan_in].groupby("param")["value"].first())
+        means = means[~fan_in]
+        steps = np.unique(means["step"].to_numpy())  # η̂_r once per recorded step
+        predicted = pd.Series(self.predict(steps) if len(steps) else np.empty(0), index=steps, dtype=float)
+        means = means.assign(predicted=means["step"].map(predicted).where(means["stat"] == "angular_update"))
+        self.sums.append(means.groupby(["stat", "param"]).agg(
+            sum=("value", "sum"), count=("value", "count"), predicted=("predicted", "sum"),
+            predicted_count=("predicted", "count")))
+        for param, group in means[means["stat"] == "angular_update"].groupby("param"):
+            self.steps.setdefault(param, []).append(np.unique(group["step"].to_numpy()))
         samples = rows.filter(pc.and_(in_window, pc.and_(rotation, pc.equal(reduction, "sample"))))
         samples = samples.select(["param", "neuron", "value"]).to_pandas()
         self.neuron_sums.append(samples.groupby(["param", "neuron"])["value"].agg(["sum", "count"]))
@@ -652,27 +673,27 @@ class _LayerMeasure:
         """The run's layers rows (LAYERS_SCHEMA's columns), None without a window."""
         if self.window is None:
             return None
-        means = pd.concat(self.means, ignore_index=True) if self.means else pd.DataFrame(
-            {"step": pd.Series(dtype="int64"), "param": pd.Series(dtype=object), "stat": pd.Series(dtype=object),
-             "value": pd.Series(dtype="float64")})
-        rotation = means[means["stat"] == "angular_update"]
-        steps = np.unique(rotation["step"].to_numpy())  # η̂_r once per recorded step
-        predicted = pd.Series(self.predict(steps) if len(steps) else np.empty(0), index=steps, dtype=float)
-        rotation = rotation.assign(predicted=rotation["step"].map(predicted))
-        layers = rotation.groupby("param").agg(
-            window_steps=("step", "nunique"), eta_r=("value", "mean"), eta_r_predicted=("predicted", "mean"),
-        )
+        sums = pd.concat(self.sums).groupby(level=["stat", "param"]).sum() if self.sums else None
+        if sums is None or "angular_update" not in sums.index.get_level_values("stat"):
+            return pd.DataFrame(columns=LAYERS_SCHEMA.names)
+        rotation = sums.loc["angular_update"]
+        layers = pd.DataFrame({
+            "window_steps": pd.Series({param: len(np.unique(np.concatenate(steps)))
+                                       for param, steps in self.steps.items()}),
+            "eta_r": rotation["sum"] / rotation["count"],
+            "eta_r_predicted": rotation["predicted"] / rotation["predicted_count"],
+        }).rename_axis("param")
         layers["window_start"], layers["window_end"] = self.window
         layers["eta_r_ratio"] = (layers["eta_r"] / layers["eta_r_predicted"]).where(layers["eta_r_predicted"] > 0)
-        layers["norm"] = means[means["stat"] == "norm"].groupby("param")["value"].mean()
-        layers["fan_in"] = means[means["stat"] == FAN_IN].groupby("param")["value"].first().astype("Int64")
-        sums = pd.concat(self.neuron_sums).groupby(level=["param", "neuron"]).sum() if self.neuron_sums else None
-        if sums is not None and len(sums):
-            per_neuron = sums["sum"] / sums["count"]
-            moved = per_neuron[per_neuron > 0]
-            layers["imbalance_neurons"] = np.log(moved).groupby(level="param").std(ddof=0)
+        if "norm" in sums.index.get_level_values("stat"):
+            layers["norm"] = sums.loc["norm", "sum"] / sums.loc["norm", "count"]
         else:
-            layers["imbalance_neurons"] = math.nan
+            layers["norm"] = math.nan
+        layers["fan_in"] = pd.concat(self.fan_ins).groupby(level=0).first().astype("Int64")
+        neurons = pd.concat(self.neuron_sums).groupby(level=["param", "neuron"]).sum()
+        per_neuron = neurons["sum"] / neurons["count"]
+        moved = per_neuron[per_neuron > 0]
+        layers["imbalance_neurons"] = np.log(moved).groupby(level="param").std(ddof=0) if len(moved) else math.nan
         layers = layers.reset_index()
         layers.insert(0, "run_id", self.run_id)
         return layers[LAYERS_SCHEMA.names]
