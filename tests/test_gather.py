@@ -483,7 +483,8 @@ def schema_of(path):
 
 
 def rows_in(path):
-    return sum(pq.read_metadata(file).num_rows for file in (sorted(path.glob("*.parquet")) if path.is_dir() else [path]))
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    return sum(pq.read_metadata(file).num_rows for file in files)
 
 
 def test_fixed_schema_with_version(sweep):

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -244,8 +245,8 @@ PEAK_SCRIPT = textwrap.dedent("""
 
 def arrow_peak(tmp_path, runs: int, records: int) -> int:
     """Arrow's peak allocation while gathering a fresh synthetic sweep, in a process of its own."""
-    done = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(__import__("pathlib").Path(__file__).parent),
-                           str(tmp_path), str(runs), str(records)], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(Path(__file__).parent), str(tmp_path), str(runs),
+                           str(records)], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])["peak"]
 
 

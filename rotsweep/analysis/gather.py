@@ -790,7 +790,8 @@ def _load_cache(results: Path, key: dict) -> dict | None:
     if cache.get("outputs") != _table_signatures(outputs):
         return None
     for run_id, entry in cache["runs"].items():
-        if not isinstance(entry, dict) or entry.get("dynamics") != _file_signature(outputs["dynamics"] / f"{run_id}.parquet"):
+        dynamics_file = outputs["dynamics"] / f"{run_id}.parquet"
+        if not isinstance(entry, dict) or entry.get("dynamics") != _file_signature(dynamics_file):
             return None
     return cache
 
@@ -937,11 +938,9 @@ def gather(sweep: str | os.PathLike, *, full: bool = False, batch_rows: int = BA
             with ThreadPoolExecutor(threads) as pool:
                 for start in range(0, len(changed), threads):
                     for run in pool.map(read, changed[start:start + threads]):
-                        row = _run_row(run, sweep_name, experiment, run.run_id in listed)
+                        run_rows.append(_run_row(run, sweep_name, experiment, run.run_id in listed))
                         if run.layers is not None and len(run.layers):
-                            row.update(_summarize_layers(run.layers).iloc[0].to_dict())
                             layer_rows.append(run.layers)
-                        run_rows.append(row)
                         entries[run.run_id] = {
                             "signature": run.signature, "in_manifest": run.run_id in listed,
                             "problems": [[p.file, p.reason] for p in run.problems],
