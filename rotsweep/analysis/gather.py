@@ -151,6 +151,9 @@ READ_ATTEMPTS = 3
 READ_THREADS = 4
 # Rows of dynamics (or curves) decoded at a time per thread, ~50 MB each: what bounds memory.
 BATCH_ROWS = 1 << 19
+# read_dynamics: rows per batch and batches decoded ahead while filtering.
+READ_BATCH_ROWS = 1 << 17
+READ_AHEAD = 2
 
 # (split, metric, better): final_<split>_<metric> for each, best_<split>_<metric> where `better` is set.
 SUMMARY_METRICS = (
@@ -277,7 +280,9 @@ def read_dynamics(sweep: str | os.PathLike, run_ids: list[str] | None = None, *,
         condition = functools.reduce(operator.or_, either) if either else ds.scalar(False)
         wanted = condition if wanted is None else wanted & condition
     dataset = ds.dataset([str(path) for path in paths], schema=DYNAMICS_SCHEMA, format="parquet")
-    return dataset.to_table(filter=wanted).to_pandas()
+    # One file and a few batches in flight: Arrow's default read-ahead holds hundreds of MB.
+    return dataset.to_table(filter=wanted, batch_size=READ_BATCH_ROWS, batch_readahead=READ_AHEAD,
+                            fragment_readahead=1).to_pandas()
 
 
 # --- The report ----------------------------------------------------------------------------
