@@ -560,17 +560,21 @@ def write_part(directory: str | Path, rows: pd.DataFrame) -> Path:
     return path
 
 
+def _last_step(part_name: str) -> int:
+    return int(Path(part_name).stem.split("-")[2])
+
+
 def discard_parts_from(directory: str | Path, step: int) -> None:
     """Remove the parts whose last step is >= `step` (a resumed run records them again)."""
     directory = Path(directory)
-    doomed = [part for part in directory.glob("part-*.parquet") if int(part.stem.split("-")[2]) >= step]
     # The record first: a kill in between leaves an unrecorded part, never a recorded one missing.
     record = _read_record(directory)
     if record:
-        kept = {name: entry for name, entry in record.items() if name not in {part.name for part in doomed}}
+        kept = {name: entry for name, entry in record.items() if _last_step(name) < step}
         store.write_json(directory / PARTS_RECORD, {"parts": kept})
-    for part in doomed:
-        part.unlink()
+    for part in directory.glob("part-*.parquet"):
+        if _last_step(part.name) >= step:
+            part.unlink()
 
 
 __all__ = ["DynamicsRecorder", "angle_between", "write_part", "discard_parts_from", "STATS", "FAN_IN",

@@ -83,6 +83,12 @@ def test_a_resumed_run_discards_parts_and_their_records_together(tmp_path):
     assert sorted(record) == parts_of(tmp_path) == ["part-000000000-000000008.parquet"]
     dynamics.write_part(directory, frame.assign(step=[10]))
     assert sorted(json.loads((directory / dynamics.PARTS_RECORD).read_text())["parts"]) == parts_of(tmp_path)
+    # A recorded part deleted by hand past the checkpoint is recorded again by the resumed run, not a gap.
+    dynamics.write_part(directory, frame.assign(step=[20]))
+    (directory / "part-000000020-000000020.parquet").unlink()
+    dynamics.discard_parts_from(directory, 20)
+    assert sorted(json.loads((directory / dynamics.PARTS_RECORD).read_text())["parts"]) == parts_of(tmp_path) == [
+        "part-000000000-000000008.parquet", "part-000000010-000000010.parquet"]
 
 
 def test_parts_of_runs_without_a_record_are_read_unchecked(trained, tmp_path):
