@@ -86,18 +86,25 @@ vectors. benchmarks/bench_dynamics.py compares the cost with one AdamW step.
 import math
 import zlib
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.linalg import vector_norm
 
+from rotsweep import store
 from rotsweep.errors import UserError
 
 STATS = ("norm", "angular_update", "rms_update", "grad_norm", "radial")
 FAN_IN = "fan_in"  # a constant of each weight: the size C of one neuron's weight vector
 NEURON_REDUCTIONS = ("mean", "rms", "std", "min", "max")
 COLUMNS = ("step", "param", "stat", "reduction", "neuron", "value")
+
+# In a run's dynamics directory, beside its parts: which parts the run wrote (part files are
+# named part-<first step>-<last step>.parquet). The leading "_" keeps Parquet readers of the
+# directory from taking it for data.
+PARTS_RECORD = "_parts.json"
 
 # Rows whose value needs the gradient: left out for a parameter without one.
 _GRAD_STATS = ("grad_norm", "radial")
@@ -530,4 +537,50 @@ class DynamicsRecorder:
         self._layout = self._row_layout()
 
 
-__all__ = ["DynamicsRecorder", "angle_between", "STATS", "FAN_IN", "NEURON_REDUCTIONS", "COLUMNS"]
+# --- Part files ----------------------------------------------------------------------------
+#
+# A run appends its rows as one part file per checkpoint and records each part in
+# PARTS_RECORD, so that a part deleted later is a gap the reader can see
+# (rotsweep.analysis.gather reports it), not a silently shorter run.
+
+
+def _read_record(directory: Path) -> dict:
+    try:
+        return store.read_json(directory / PARTS_RECORD)["parts"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return {}  # none yet, or unreadable: the parts on disk are all we know
+
+
+def write_part(directory: str | Path, rows: pd.DataFrame) -> Path:
+    """Write the rows of some recorded steps as a new part of `directory` and record it."""
+    directory = Path(directory)
+    first, last = int(rows["step"].min()), int(rows["step"].max())
+    path = directory / f"part-{first:09d}-{last:09d}.parquet"
+    store.write_parquet(path, rows)
+    # The part before its record: a kill in between leaves a part that is read but not
+    # recorded, never a record of a part that was not written.
+    record = _read_record(directory)
+    record[path.name] = {"first_step": first, "last_step": last, "rows": len(rows)}
+    store.write_json(directory / PARTS_RECORD, {"parts": dict(sorted(record.items()))})
+    return path
+
+
+def _last_step(part_name: str) -> int:
+    return int(Path(part_name).stem.split("-")[2])
+
+
+def discard_parts_from(directory: str | Path, step: int) -> None:
+    """Remove the parts whose last step is >= `step` (a resumed run records them again)."""
+    directory = Path(directory)
+    # The record first: a kill in between leaves an unrecorded part, never a recorded one missing.
+    record = _read_record(directory)
+    if record:
+        kept = {name: entry for name, entry in record.items() if _last_step(name) < step}
+        store.write_json(directory / PARTS_RECORD, {"parts": kept})
+    for part in directory.glob("part-*.parquet"):
+        if _last_step(part.name) >= step:
+            part.unlink()
+
+
+__all__ = ["DynamicsRecorder", "angle_between", "write_part", "discard_parts_from", "STATS", "FAN_IN",
+           "NEURON_REDUCTIONS", "COLUMNS", "PARTS_RECORD"]

@@ -3,7 +3,8 @@
     run_dir/config.json        the RunConfig (written once; a different config is refused)
     run_dir/status.json        pending | running | done | diverged | failed | preempted, step, wall time
     run_dir/metrics.parquet    long table: step, epoch, split, metric, value
-    run_dir/dynamics.parquet/  long table of rotsweep.dynamics, one part file per checkpoint
+    run_dir/dynamics.parquet/  long table of rotsweep.dynamics, one part file per checkpoint,
+                               each recorded in its _parts.json (dynamics.write_part)
     run_dir/checkpoint.pt      model, optimizer, recorder and RNG state, metrics so far, thread count
     run_dir/log.txt            human-readable log, tracebacks of failures
 
@@ -36,7 +37,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from rotsweep import distributed, store
+from rotsweep import distributed, dynamics, store
 from rotsweep.config import RunConfig
 from rotsweep.data import check_dataset, load_dataset
 from rotsweep.dynamics import DynamicsRecorder
@@ -416,8 +417,7 @@ class Trainer:
         if self.recorder is not None:
             rows = self.recorder.drain()
             if len(rows):
-                first, last = int(rows["step"].min()), int(rows["step"].max())
-                store.write_parquet(self.run_dir / DYNAMICS_DIR / f"part-{first:09d}-{last:09d}.parquet", rows)
+                dynamics.write_part(self.run_dir / DYNAMICS_DIR, rows)
 
     def save_checkpoint(self) -> None:
         self.log_train_loss()
@@ -467,10 +467,7 @@ class Trainer:
 
     def discard_measurements_after(self, step: int) -> None:
         """Remove dynamics parts recorded after `step` (they will be recorded again)."""
-        for part in (self.run_dir / DYNAMICS_DIR).glob("part-*.parquet"):
-            last_step = int(part.stem.split("-")[2])
-            if last_step >= step:
-                part.unlink()
+        dynamics.discard_parts_from(self.run_dir / DYNAMICS_DIR, step)
 
 
 def read_checkpoint(path: Path, device: torch.device, log: RunLog, set_aside: bool = True) -> dict | None:

@@ -57,7 +57,6 @@ matplotlib.use("Agg")  # files only: no display on cluster nodes or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
@@ -691,14 +690,11 @@ def read_dynamics(sweep: str | os.PathLike, run_ids: list[str], params: list[str
                   reductions: tuple[str, ...] = ("mean", "rms", "std", "sample")) -> pd.DataFrame:
     """The norm and angular-update rows of some runs (and weights) of dynamics.parquet.
 
-    The table can hold billions of rows at paper scale, so only these rows are read.
+    The table can hold billions of rows at paper scale, so only these runs' files are
+    opened and only these rows kept (gather.read_dynamics).
     """
-    gather.read_results(sweep, "layers")  # refuses results of another schema version
-    filters = [("run_id", "in", run_ids), ("stat", "in", ["norm", "angular_update"]),
-               ("reduction", "in", list(reductions))]
-    if params is not None:
-        filters.append(("param", "in", params))
-    return pq.read_table(gather.output_paths(sweep)["dynamics"], filters=filters).to_pandas()
+    return gather.read_dynamics(sweep, run_ids, stats=("norm", "angular_update"), reductions=reductions,
+                                params=params)
 
 
 def rms_downsample(steps: np.ndarray, values: np.ndarray, points: int = 300) -> tuple[np.ndarray, np.ndarray]:
@@ -788,6 +784,10 @@ def _layer_colors(weights: list[str]) -> dict[str, tuple]:
 
 def _short(param: str) -> str:
     return param.removesuffix(".weight")
+
+
+# The (stat, reduction) rows draw_dynamics draws: all that plot_dynamics reads for it.
+DRAWN_ROWS = (("norm", "rms"), ("angular_update", "mean"))
 
 
 def draw_dynamics(chosen: pd.DataFrame, weights: list[str], dynamics: pd.DataFrame, layers: pd.DataFrame,
@@ -968,7 +968,7 @@ def plot_dynamics(sweep: str | os.PathLike, run_ids: list[str] | None = None, la
             weight = spread.idxmax() if spread.notna().any() else weights[0]
         dynamics = read_dynamics(sweep, chosen["run_id"].tolist(), [weight])
         return save(draw_neuron_dynamics(chosen, weight, dynamics, curves), sweep, "dynamics_neurons")
-    dynamics = read_dynamics(sweep, chosen["run_id"].tolist(), weights)
+    dynamics = gather.read_dynamics(sweep, chosen["run_id"].tolist(), pairs=DRAWN_ROWS, params=weights)
     return save(draw_dynamics(chosen, weights, dynamics, layer_table, curves), sweep, "dynamics")
 
 

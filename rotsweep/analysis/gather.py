@@ -7,10 +7,25 @@
                       steps_done, total_steps, wall_s, error, final and best metrics,
                       the Table 1 predictions and the measured rotation summaries below
     curves.parquet    run_id, step, epoch, split, metric, value     (every metrics.parquet)
-    dynamics.parquet  run_id, step, param, stat, reduction, neuron, value  (every part file)
+    dynamics.parquet/ run_id, step, param, stat, reduction, neuron, value  (every part file),
+                      a directory of one file per run, <run_id>.parquet
     layers.parquet    one row per run x weight tensor: its equilibrium rotation and norm
 
 Rows are in run_id order, each run's rows together and in the order of its files.
+At paper scale the dynamics reach billions of rows (846 ResNet-18 runs of ~0.8 million,
+one GPT-2 run of ~50 million), so they are never held whole: dynamics.parquet/ is a
+dataset that pandas, pyarrow and DuckDB open as one table (pd.read_parquet(path),
+pyarrow.dataset.dataset(path), read_parquet('path/*.parquet')) and that readers filter
+without loading it. read_dynamics() reads only the files of the runs asked for, with
+the stat/reduction/param filters pushed into the Parquet scan.
+
+Memory. gather streams: each run's dynamics parts are read BATCH_ROWS rows at a time,
+written to the run's file and reduced to its layers.parquet rows on the way; curves are
+written a batch at a time and merged with the previous gather's file as a stream. What
+stays in memory is a few batches per reading thread (gather(batch_rows=, threads=)) and
+the small tables (runs, layers: one row per run or per run x weight), so peak memory
+does not grow with the number of runs or with a run's rows (benchmarks/bench_gather.py:
+a few hundred MB at the defaults).
 
 Metrics. For each (split, metric) of SUMMARY_METRICS: final_<split>_<metric> is the
 value at the last recorded step (NaN included: a diverged run ends on its NaN or inf
@@ -67,13 +82,24 @@ writing while we read: their files are replaced atomically, but a dynamics part 
 vanish between listing and reading (a resumed run deletes parts past its checkpoint).
 A run is therefore read until its files' signature (name, size, mtime_ns, inode) is
 the same before and after reading; a run still changing after READ_ATTEMPTS keeps
-what the last attempt read and is read again by the next gather.
+what the last attempt read and is read again by the next gather. A part file damaged
+after its footer keeps the rows read before the damage.
 
-Incremental. results/.gather-cache.json records each run's signature, problems and
-membership of the manifest, the signatures of the four outputs, and a key (schema
+Gaps. rotsweep.dynamics records the parts a run wrote in dynamics.parquet/_parts.json;
+a recorded part that is gone is a Problem (its steps are missing from the layers).
+Runs recorded before that file existed are not checked.
+
+Symbolic links. gather reads and writes only inside the sweep: a run directory, a run's
+file or a results/ path that is a symbolic link leading out of the sweep is not
+followed. Run directories and files are reported as Problems and skipped; results/
+paths are refused (UserError) before anything is written.
+
+Incremental. results/.gather-cache.json records each run's signature, problems,
+membership of the manifest and dynamics file, the signatures of the other outputs, and a key (schema
 version, the source of the modules that compute the rows, sweep name, experiment).
 Gathering again reads only the runs for which one of these changed, takes every
-other run's rows from the previous outputs, and writes nothing when no run changed.
+other run's rows from the previous outputs (its dynamics file stays as it is), and
+writes nothing when no run changed.
 A different key, or outputs that are not the ones the cache describes, make a full
 gather (as does gather(..., full=True)). The problems of unchanged runs are
 reported again from the cache.
@@ -81,15 +107,19 @@ reported again from the cache.
 Types. Every table has a fixed Arrow schema (the RunConfig columns follow
 RunConfig's annotations) and carries SCHEMA_VERSION under the Parquet key-value
 metadata key b"rotsweep.schema_version"; pandas, pyarrow and DuckDB read the files
-as they are. All writes go through rotsweep.store (atomic).
+as they are; each file of dynamics.parquet/ carries it too. All writes go through
+rotsweep.store (atomic per file). Identical inputs give byte-identical outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import heapq
 import json
 import math
+import operator
 import os
 import sys
 import typing
@@ -101,16 +131,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from rotsweep import config as config_module
 from rotsweep import schedule, store, theory
 from rotsweep.config import RunConfig
-from rotsweep.dynamics import FAN_IN
+from rotsweep.dynamics import FAN_IN, PARTS_RECORD
 from rotsweep.errors import UserError
 from rotsweep.schedule import learning_rate
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: dynamics.parquet is a directory of one file per run
 SCHEMA_VERSION_KEY = b"rotsweep.schema_version"
 RESULTS_DIR = "results"
 CACHE_FILE = ".gather-cache.json"
@@ -118,6 +149,11 @@ WINDOW = (0.25, 0.75)
 READ_ATTEMPTS = 3
 # Arrow decodes Parquet without holding the GIL: a few threads overlap the many small reads.
 READ_THREADS = 4
+# Rows of dynamics (or curves) decoded at a time per thread, ~50 MB each: what bounds memory.
+BATCH_ROWS = 1 << 19
+# read_dynamics: rows per batch and batches decoded ahead while filtering.
+READ_BATCH_ROWS = 1 << 17
+READ_AHEAD = 2
 
 # (split, metric, better): final_<split>_<metric> for each, best_<split>_<metric> where `better` is set.
 SUMMARY_METRICS = (
@@ -184,28 +220,77 @@ DYNAMICS_FILE_SCHEMA = pa.schema(list(DYNAMICS_SCHEMA)[1:])
 
 
 def output_paths(sweep: str | os.PathLike) -> dict[str, Path]:
+    """The four outputs; "dynamics" is a directory of one <run_id>.parquet per run."""
     return {name: Path(sweep) / RESULTS_DIR / f"{name}.parquet" for name in TABLES}
 
 
-def read_results(sweep: str | os.PathLike, name: str) -> pd.DataFrame:
-    """One results table as a DataFrame, refusing one written by another schema version."""
+def _checked_output(sweep: str | os.PathLike, name: str) -> Path:
+    """The output's path, refusing a missing one or one written by another schema version.
+
+    dynamics.parquet/ is written by the same gather as runs.parquet, whose version it shares.
+    """
     path = output_paths(sweep)[name]
+    probe = output_paths(sweep)["runs"] if name == "dynamics" else path
     try:
-        metadata = pq.read_schema(path).metadata or {}
+        metadata = pq.read_schema(probe).metadata or {}
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; run `rotsweep gather {sweep}` first") from None
     except (OSError, ValueError) as error:  # truncated or not Parquet (pyarrow's errors derive from these)
         raise UserError(f"{path} is unreadable ({type(error).__name__}); "
                         f"run `rotsweep gather --full {sweep}` to write it again") from None
     version = metadata.get(SCHEMA_VERSION_KEY, b"?").decode()
-    if version != str(SCHEMA_VERSION):
+    if version != str(SCHEMA_VERSION) or (name == "dynamics" and not path.is_dir()):
         raise UserError(f"{path} has schema version {version}, not {SCHEMA_VERSION}; "
                         f"run `rotsweep gather {sweep}` again")
+    return path
+
+
+def read_results(sweep: str | os.PathLike, name: str) -> pd.DataFrame:
+    """One results table as a DataFrame, refusing one written by another schema version.
+
+    "dynamics" reads every row of every run: use read_dynamics() to read some of them.
+    """
+    if name == "dynamics":
+        return read_dynamics(sweep)
+    path = _checked_output(sweep, name)
     try:
         return pd.read_parquet(path)
     except (OSError, ValueError) as error:
         raise UserError(f"{path} is unreadable ({type(error).__name__}); "
                         f"run `rotsweep gather --full {sweep}` to write it again") from None
+
+
+def read_dynamics(sweep: str | os.PathLike, run_ids: list[str] | None = None, *,
+                  stats: list[str] | tuple[str, ...] | None = None,
+                  reductions: list[str] | tuple[str, ...] | None = None,
+                  params: list[str] | tuple[str, ...] | None = None,
+                  pairs: list[tuple[str, str]] | tuple[tuple[str, str], ...] | None = None) -> pd.DataFrame:
+    """Rows of dynamics.parquet/: of `run_ids` (None: every run) whose stat, reduction and
+    param are among those given (None: any) and whose (stat, reduction) is one of `pairs`
+    (None: any), in run_id order, each run's rows in file order.
+
+    Only the files of those runs are opened, and the filters are pushed into the Parquet
+    scan, which streams: memory holds the rows returned, not the runs' tables.
+    """
+    directory = _checked_output(sweep, "dynamics")
+    if run_ids is None:
+        paths = sorted(directory.glob("*.parquet"))
+    else:
+        paths = [path for path in (directory / f"{run_id}.parquet" for run_id in sorted(set(run_ids)))
+                 if path.is_file()]
+    wanted = None
+    for column, values in (("stat", stats), ("reduction", reductions), ("param", params)):
+        if values is not None:
+            condition = ds.field(column).isin(list(values))
+            wanted = condition if wanted is None else wanted & condition
+    if pairs is not None:
+        either = [(ds.field("stat") == stat) & (ds.field("reduction") == reduction) for stat, reduction in pairs]
+        condition = functools.reduce(operator.or_, either) if either else ds.scalar(False)
+        wanted = condition if wanted is None else wanted & condition
+    dataset = ds.dataset([str(path) for path in paths], schema=DYNAMICS_SCHEMA, format="parquet")
+    # One file and a few batches in flight: Arrow's default read-ahead holds hundreds of MB.
+    return dataset.to_table(filter=wanted, batch_size=READ_BATCH_ROWS, batch_readahead=READ_AHEAD,
+                            fragment_readahead=1).to_pandas()
 
 
 # --- The report ----------------------------------------------------------------------------
@@ -265,26 +350,54 @@ def _stat_entry(name: str, stat: os.stat_result) -> list:
     return [name, stat.st_size, stat.st_mtime_ns, stat.st_ino]
 
 
-def run_signature(run_dir: Path) -> list[list]:
+def _outside(path: Path, root: Path) -> Path | None:
+    """Where `path` leads when symbolic links take it out of the sweep `root` (resolved), else None."""
+    target = path.resolve()
+    return None if target.is_relative_to(root) else target
+
+
+def _outside_entry(name: str, target: Path) -> list:
+    """The signature entry of a file that leads out of the sweep: never read, reported."""
+    return [name, "outside", str(target), 0]
+
+
+def _outside_reason(target: Path) -> str:
+    return f"a symbolic link to {target}, outside the sweep: not read (move it into the sweep)"
+
+
+def run_signature(run_dir: Path, root: Path | None = None) -> list[list]:
     """[name, size, mtime_ns, inode] of every file gather reads; [] for a missing directory.
 
     os.replace gives the new file a new inode, so a rewrite is seen even within the
-    resolution of mtime.
+    resolution of mtime. With `root` (the resolved sweep), a run directory leading out of
+    it counts as missing, and a file or dynamics directory leading out of it gets an
+    _outside_entry instead of being read.
     """
+    if root is not None and _outside(run_dir, root) is not None:
+        return []
     entries = []
     for directory, prefix, wanted in (
         (run_dir, "", lambda name: name in (store.CONFIG_FILE, store.STATUS_FILE, store.METRICS_FILE)),
         (run_dir / store.DYNAMICS_DIR, f"{store.DYNAMICS_DIR}/",
-         lambda name: name.startswith("part-") and name.endswith(".parquet")),
+         lambda name: name == PARTS_RECORD or (name.startswith("part-") and name.endswith(".parquet"))),
     ):
+        if root is not None and directory != run_dir and (target := _outside(directory, root)) is not None:
+            if directory.exists():
+                entries.append(_outside_entry(store.DYNAMICS_DIR, target))
+            continue
         try:
             with os.scandir(directory) as scan:
                 for entry in scan:
-                    if wanted(entry.name):
-                        try:
+                    if not wanted(entry.name):
+                        continue
+                    try:
+                        if root is not None and entry.is_symlink() and (
+                                target := _outside(Path(entry.path), root)) is not None:
+                            entries.append(_outside_entry(prefix + entry.name, target))
+                        else:
                             entries.append(_stat_entry(prefix + entry.name, entry.stat()))
-                        except FileNotFoundError:
-                            pass  # deleted since the listing: it is not part of the run any more
+                    except FileNotFoundError:
+                        pass  # deleted since the listing: it is not part of the run any more
         except (FileNotFoundError, NotADirectoryError):
             pass
     return sorted(entries)
@@ -292,13 +405,16 @@ def run_signature(run_dir: Path) -> list[list]:
 
 @dataclass
 class RunFiles:
-    """What one run directory held when it was read."""
+    """What one run directory held when it was read, reduced to its rows of the results."""
 
     run_id: str
     config: RunConfig | None = None
     status: dict | None = None  # None when status.json cannot be read
     curves: pa.Table = field(default_factory=METRICS_FILE_SCHEMA.empty_table)
-    dynamics: pa.Table = field(default_factory=DYNAMICS_FILE_SCHEMA.empty_table)
+    layers: pd.DataFrame | None = None  # its layers.parquet rows (None: no window to measure in)
+    total_steps: int | None = None  # the schedule's length and warmup, None where unknown
+    warmup_steps: int | None = None
+    dynamics_rows: int = 0  # rows written to its dynamics.parquet/ file
     problems: list[Problem] = field(default_factory=list)
     signature: list | None = None  # None: still changing, read it again next time
     vanished: bool = False  # a listed file disappeared while we read
@@ -326,12 +442,36 @@ def _read_parquet(path: Path, schema: pa.Schema) -> pa.Table:
     # One read of the whole (small) file: a snapshot even if the file is replaced meanwhile,
     # and cheaper than letting Arrow open it. Threads are ours (READ_THREADS), not Arrow's.
     with pq.ParquetFile(pa.BufferReader(path.read_bytes())) as file:
-        names = file.schema_arrow.names
-        missing = [name for name in schema.names if name not in names]
-        if missing:
-            raise ValueError(f"missing column(s) {', '.join(missing)}")
+        _check_columns(file, schema)
         table = file.read(columns=schema.names, use_threads=False)
     return table.select(schema.names).cast(schema)
+
+
+def _check_columns(file: pq.ParquetFile, schema: pa.Schema) -> None:
+    names = file.schema_arrow.names
+    missing = [name for name in schema.names if name not in names]
+    if missing:
+        raise ValueError(f"missing column(s) {', '.join(missing)}")
+
+
+def _part_batches(path: Path, batch_rows: int):
+    """A dynamics part's rows, batch_rows at a time, as DYNAMICS_FILE_SCHEMA tables.
+
+    The file stays open while we read: a snapshot even if the job replaces or deletes it.
+    """
+    with pq.ParquetFile(pa.OSFile(str(path))) as file:
+        _check_columns(file, DYNAMICS_FILE_SCHEMA)
+        for batch in file.iter_batches(batch_size=batch_rows, columns=DYNAMICS_FILE_SCHEMA.names,
+                                       use_threads=False):
+            yield pa.Table.from_batches([batch]).select(DYNAMICS_FILE_SCHEMA.names).cast(DYNAMICS_FILE_SCHEMA)
+
+
+def _read_parts_record(path: Path) -> dict[str, dict]:
+    record = json.loads(path.read_text())
+    parts = record.get("parts") if isinstance(record, dict) else None
+    if not isinstance(parts, dict) or not all(isinstance(entry, dict) for entry in parts.values()):
+        raise ValueError("no \"parts\" object")
+    return parts
 
 
 def _reason(error: Exception) -> str:
@@ -339,10 +479,22 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
-def _read_files(run_id: str, run_dir: Path, signature: list) -> RunFiles:
-    """Read the files of `signature`; an unreadable file is a Problem, a vanished one sets `vanished`."""
+def _with_run_id(table: pa.Table, run_id: str, schema: pa.Schema) -> pa.Table:
+    """A run's rows (without run_id) with its id in front, as `schema`."""
+    ids = pa.array([run_id], STRING).take(pa.array(np.zeros(table.num_rows, dtype=np.int32)))
+    return table.add_column(0, schema.field("run_id"), ids).replace_schema_metadata(None)
+
+
+def _read_files(run_id: str, run_dir: Path, signature: list, out: Path, batch_rows: int) -> RunFiles:
+    """Read the files of `signature`, writing the run's dynamics to `out` (its dynamics.parquet/ file).
+
+    An unreadable file is a Problem, a vanished one sets `vanished`.
+    """
     run = RunFiles(run_id)
     names = [entry[0] for entry in signature]
+    outside = {entry[0]: entry[2] for entry in signature if entry[1] == "outside"}
+    for name, target in outside.items():
+        run.problems.append(Problem(run_id, name, _outside_reason(Path(target))))
 
     def read(name, reader, *args):
         try:
@@ -353,27 +505,62 @@ def _read_files(run_id: str, run_dir: Path, signature: list) -> RunFiles:
             run.problems.append(Problem(run_id, name, _reason(error)))
         return None
 
-    if store.CONFIG_FILE in names:
+    def readable(name):
+        return name in names and name not in outside
+
+    if readable(store.CONFIG_FILE):
         run.config = read(store.CONFIG_FILE, _read_config)
-    elif names:
+    elif names and store.CONFIG_FILE not in outside:
         run.problems.append(Problem(run_id, store.CONFIG_FILE, "missing"))
-    run.status = read(store.STATUS_FILE, _read_status) if store.STATUS_FILE in names else {"status": "pending"}
-    curves = read(store.METRICS_FILE, _read_parquet, METRICS_FILE_SCHEMA) if store.METRICS_FILE in names else None
-    if curves is not None:
-        run.curves = curves
-    parts = [read(name, _read_parquet, DYNAMICS_FILE_SCHEMA) for name in names if name.startswith(store.DYNAMICS_DIR)]
-    parts = [part for part in parts if part is not None]
-    if parts:
-        run.dynamics = pa.concat_tables(parts)
+    run.status = read(store.STATUS_FILE, _read_status) if readable(store.STATUS_FILE) else (
+        None if store.STATUS_FILE in outside else {"status": "pending"})
+    if readable(store.METRICS_FILE):
+        curves = read(store.METRICS_FILE, _read_parquet, METRICS_FILE_SCHEMA)
+        if curves is not None:
+            run.curves = curves
+
+    parts = [name for name in names if name.startswith(f"{store.DYNAMICS_DIR}/part-") and name not in outside]
+    record_name = f"{store.DYNAMICS_DIR}/{PARTS_RECORD}"
+    if readable(record_name):
+        recorded = read(record_name, _read_parts_record) or {}
+        for part, entry in sorted(recorded.items()):
+            if f"{store.DYNAMICS_DIR}/{part}" not in names:
+                run.problems.append(Problem(run_id, f"{store.DYNAMICS_DIR}/{part}", (
+                    f"missing: {PARTS_RECORD} records it (steps {entry.get('first_step')}-{entry.get('last_step')}, "
+                    f"{entry.get('rows')} rows); those steps are a gap in the run's dynamics and layers")))
+
+    curves_frame = _with_run_id(run.curves, run_id, CURVES_SCHEMA).to_pandas()
+    run.total_steps, run.warmup_steps = _schedule_lengths(
+        run, _steps_per_epoch(curves_frame).get(run_id, math.nan))
+    window = None
+    if run.total_steps is not None:
+        window = (math.ceil(WINDOW[0] * run.total_steps), math.floor(WINDOW[1] * run.total_steps))
+    layers = _LayerMeasure(run_id, window, _step_predictor(run.config, run.total_steps, run.warmup_steps))
+
+    metadata = {SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()}
+    with store.atomic_path(out) as tmp, pq.ParquetWriter(tmp, DYNAMICS_SCHEMA.with_metadata(metadata)) as writer:
+        for name in parts:
+            try:
+                for rows in _part_batches(run_dir / name, batch_rows):
+                    writer.write_table(_with_run_id(rows, run_id, DYNAMICS_SCHEMA), row_group_size=batch_rows)
+                    run.dynamics_rows += rows.num_rows
+                    layers.add(rows)
+            except FileNotFoundError:
+                run.vanished = True
+            except READ_ERRORS as error:
+                run.problems.append(Problem(run_id, name, _reason(error)))
+    run.layers = layers.rows()
     return run
 
 
-def read_run(run_id: str, run_dir: Path) -> RunFiles:
-    """Read a run directory, again while a job rewrites it under us (module docstring)."""
+def read_run(run_id: str, run_dir: Path, out: Path, *, root: Path | None = None,
+             batch_rows: int = BATCH_ROWS) -> RunFiles:
+    """Read a run directory into its rows, writing its dynamics to `out`; again while a job
+    rewrites it under us (module docstring)."""
     for _ in range(READ_ATTEMPTS):
-        before = run_signature(run_dir)
-        run = _read_files(run_id, run_dir, before)
-        if not run.vanished and run_signature(run_dir) == before:
+        before = run_signature(run_dir, root)
+        run = _read_files(run_id, run_dir, before, out, batch_rows)
+        if not run.vanished and run_signature(run_dir, root) == before:
             run.signature = before
             return run
     return run  # signature None: read again by the next gather
@@ -409,17 +596,6 @@ def predictions(config: RunConfig) -> dict[str, float]:
 
 
 # --- From run files to table rows ----------------------------------------------------------
-
-
-def _stack(run_ids: list[str], tables: list[pa.Table], schema: pa.Schema) -> tuple[pa.Table, np.ndarray]:
-    """Concatenate per-run tables (without run_id), put each run's id in front of its rows.
-
-    Also returns each row's run as an index into run_ids.
-    """
-    body = pa.concat_tables(tables) if tables else pa.schema(list(schema)[1:]).empty_table()
-    row_run = np.repeat(np.arange(len(run_ids)), [table.num_rows for table in tables])
-    ids = pa.array(run_ids, STRING).take(pa.array(row_run))
-    return body.add_column(0, schema.field("run_id"), ids), row_run
 
 
 def _summarize_metrics(curves: pd.DataFrame) -> pd.DataFrame:
@@ -464,54 +640,76 @@ def _schedule_lengths(run: RunFiles, steps_per_epoch: float) -> tuple[int | None
     return total, warmup
 
 
-def _measure_layers(dynamics: pa.Table, row_run: np.ndarray, run_ids: list[str], windows: dict,
-                    predicted: dict) -> pd.DataFrame:
-    """layers.parquet's rows from the runs' dynamics rows in their windows (module docstring).
+class _LayerMeasure:
+    """layers.parquet's rows of one run (module docstring), from its dynamics a batch at a time.
 
-    row_run[i] is the index in run_ids of row i's run; windows[run_id] = (first, last step),
-    predicted[run_id](steps) gives η̂_r at those steps. The bulk (all rows, then the
-    sampled neurons) is filtered and aggregated in Arrow; the per-layer means, one row
-    per layer and recorded step, are few enough for pandas.
+    Each batch is reduced at once to per-layer sums and counts (of angular updates, of their
+    predictions, of norms), per-neuron sums and counts of the sampled angular updates, and
+    the layer's recorded steps, so memory does not grow with the run's rows. Means are
+    sums / counts of the finite values, as pandas' mean; the fixed order of the sums makes
+    the same files always give the same bits.
     """
-    # Each row's window is its run's; a run without one gets an empty window [1, 0].
-    first = np.array([windows.get(run_id, (1, 0))[0] for run_id in run_ids], dtype=np.int64)
-    last = np.array([windows.get(run_id, (1, 0))[1] for run_id in run_ids], dtype=np.int64)
-    step = dynamics["step"].to_numpy()
-    in_window = pa.array((step >= first[row_run]) & (step <= last[row_run]))
-    stat, reduction = dynamics["stat"], dynamics["reduction"]
-    wanted = dynamics.filter(pc.and_(in_window, pc.or_(pc.or_(
-        pc.and_(pc.equal(stat, "angular_update"), pc.is_in(reduction, pa.array(["mean", "sample"]))),
-        pc.and_(pc.equal(stat, "norm"), pc.equal(reduction, "mean"))),
-        pc.equal(stat, FAN_IN),
-    )))
-    keys = ["run_id", "param"]
 
-    means = wanted.filter(pc.equal(wanted["reduction"], "mean")).to_pandas()
-    rotation = means[means["stat"] == "angular_update"]
-    # η̂_r once per (run, step), in run order so that the per-run arrays line up with the rows.
-    steps = rotation[["run_id", "step"]].drop_duplicates().sort_values(["run_id", "step"])
-    steps["predicted"] = np.concatenate(
-        [predicted[run_id](group["step"].to_numpy()) for run_id, group in steps.groupby("run_id")]
-    ) if len(steps) else np.empty(0)
-    rotation = rotation.merge(steps, on=["run_id", "step"])
-    layers = rotation.groupby(keys).agg(
-        window_steps=("step", "nunique"), eta_r=("value", "mean"), eta_r_predicted=("predicted", "mean"),
-    )
-    bounds = layers.index.get_level_values("run_id").map(windows)
-    layers["window_start"] = [start for start, _ in bounds]
-    layers["window_end"] = [end for _, end in bounds]
-    layers["eta_r_ratio"] = (layers["eta_r"] / layers["eta_r_predicted"]).where(layers["eta_r_predicted"] > 0)
-    layers["norm"] = means[means["stat"] == "norm"].groupby(keys)["value"].mean()
-    fan_ins = wanted.filter(pc.equal(wanted["stat"], FAN_IN)).to_pandas()
-    layers["fan_in"] = fan_ins.groupby(keys)["value"].first().astype("Int64")
+    def __init__(self, run_id: str, window: tuple[int, int] | None, predict):
+        self.run_id, self.window, self.predict = run_id, window, predict
+        self.sums: list[pd.DataFrame] = []  # per (stat, param): sum, count, predicted sum and count
+        self.fan_ins: list[pd.Series] = []  # per param, the first fan_in of each batch
+        self.neuron_sums: list[pd.DataFrame] = []  # per (param, neuron): sum, count
+        self.steps: dict[str, list[np.ndarray]] = {}  # per param: the steps with an angular_update mean
 
-    samples = wanted.filter(pc.equal(wanted["reduction"], "sample"))
-    per_neuron = samples.group_by(keys + ["neuron"]).aggregate([("value", "mean")])
-    moved = per_neuron.filter(pc.greater(per_neuron["value_mean"], 0))
-    moved = moved.append_column("log", pc.ln(moved["value_mean"]))
-    spread = moved.group_by(keys).aggregate([("log", "stddev")]).to_pandas()  # Arrow's stddev has ddof=0
-    layers["imbalance_neurons"] = spread.set_index(keys)["log_stddev"]
-    return layers.reset_index()
+    def add(self, rows: pa.Table) -> None:
+        if self.window is None:
+            return
+        first, last = self.window
+        step, stat, reduction = rows["step"], rows["stat"], rows["reduction"]
+        in_window = pc.and_(pc.greater_equal(step, first), pc.less_equal(step, last))
+        rotation = pc.equal(stat, "angular_update")
+        means = pc.or_(pc.and_(pc.or_(rotation, pc.equal(stat, "norm")), pc.equal(reduction, "mean")),
+                       pc.equal(stat, FAN_IN))
+        means = rows.filter(pc.and_(in_window, means)).select(["step", "param", "stat", "value"]).to_pandas()
+        fan_in = means["stat"] == FAN_IN
+        self.fan_ins.append(means[fan_in].groupby("param")["value"].first())
+        means = means[~fan_in]
+        steps = np.unique(means["step"].to_numpy())  # η̂_r once per recorded step
+        predicted = pd.Series(self.predict(steps) if len(steps) else np.empty(0), index=steps, dtype=float)
+        means = means.assign(predicted=means["step"].map(predicted).where(means["stat"] == "angular_update"))
+        self.sums.append(means.groupby(["stat", "param"]).agg(
+            sum=("value", "sum"), count=("value", "count"), predicted=("predicted", "sum"),
+            predicted_count=("predicted", "count")))
+        for param, group in means[means["stat"] == "angular_update"].groupby("param"):
+            self.steps.setdefault(param, []).append(np.unique(group["step"].to_numpy()))
+        samples = rows.filter(pc.and_(in_window, pc.and_(rotation, pc.equal(reduction, "sample"))))
+        samples = samples.select(["param", "neuron", "value"]).to_pandas()
+        self.neuron_sums.append(samples.groupby(["param", "neuron"])["value"].agg(["sum", "count"]))
+
+    def rows(self) -> pd.DataFrame | None:
+        """The run's layers rows (LAYERS_SCHEMA's columns), None without a window."""
+        if self.window is None:
+            return None
+        sums = pd.concat(self.sums).groupby(level=["stat", "param"]).sum() if self.sums else None
+        if sums is None or "angular_update" not in sums.index.get_level_values("stat"):
+            return pd.DataFrame(columns=LAYERS_SCHEMA.names)
+        rotation = sums.loc["angular_update"]
+        layers = pd.DataFrame({
+            "window_steps": pd.Series({param: len(np.unique(np.concatenate(steps)))
+                                       for param, steps in self.steps.items()}),
+            "eta_r": rotation["sum"] / rotation["count"],
+            "eta_r_predicted": rotation["predicted"] / rotation["predicted_count"],
+        }).rename_axis("param")
+        layers["window_start"], layers["window_end"] = self.window
+        layers["eta_r_ratio"] = (layers["eta_r"] / layers["eta_r_predicted"]).where(layers["eta_r_predicted"] > 0)
+        if "norm" in sums.index.get_level_values("stat"):
+            layers["norm"] = sums.loc["norm", "sum"] / sums.loc["norm", "count"]
+        else:
+            layers["norm"] = math.nan
+        layers["fan_in"] = pd.concat(self.fan_ins).groupby(level=0).first().astype("Int64")
+        neurons = pd.concat(self.neuron_sums).groupby(level=["param", "neuron"]).sum()
+        per_neuron = neurons["sum"] / neurons["count"]
+        moved = per_neuron[per_neuron > 0]
+        layers["imbalance_neurons"] = np.log(moved).groupby(level="param").std(ddof=0) if len(moved) else math.nan
+        layers = layers.reset_index()
+        layers.insert(0, "run_id", self.run_id)
+        return layers[LAYERS_SCHEMA.names]
 
 
 def _summarize_layers(layers: pd.DataFrame) -> pd.DataFrame:
@@ -525,14 +723,13 @@ def _summarize_layers(layers: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def _run_row(run: RunFiles, sweep_name: str, experiment: str | None, in_manifest: bool, total_steps,
-             warmup_steps) -> dict:
-    """The runs.parquet columns that come from config.json and status.json."""
+def _run_row(run: RunFiles, sweep_name: str, experiment: str | None, in_manifest: bool) -> dict:
+    """The run's runs.parquet row: config.json, status.json, its curves' and layers' summaries."""
     status = run.status or {}
     row = {
         "run_id": run.run_id, "sweep": sweep_name, "experiment": experiment, "in_manifest": in_manifest,
         "status": status.get("status"), "steps_done": status.get("step", 0 if run.status else None),
-        "total_steps": total_steps, "warmup_total_steps": warmup_steps, "wall_s": status.get("wall_s"),
+        "total_steps": run.total_steps, "warmup_total_steps": run.warmup_steps, "wall_s": status.get("wall_s"),
         "error": status.get("error"),
     }
     if run.config is not None:
@@ -545,35 +742,15 @@ def _run_row(run: RunFiles, sweep_name: str, experiment: str | None, in_manifest
             row.update(predictions(config))
         except (ArithmeticError, UserError):  # hyperparameters outside the formulas' range (e.g. momentum 1)
             pass
+    metrics = _summarize_metrics(_with_run_id(run.curves, run.run_id, CURVES_SCHEMA).to_pandas())
+    layers = _summarize_layers(run.layers) if run.layers is not None and len(run.layers) else pd.DataFrame()
+    if len(metrics) or len(layers):  # NaN, not null, for what a run with either summary lacks
+        row.update(dict.fromkeys([*SUMMARY_COLUMNS, "eta_r_measured", "imbalance_layers", "imbalance_neurons"],
+                                 math.nan))
+        for summary in (metrics, layers):
+            if len(summary):
+                row.update(summary.iloc[0].to_dict())
     return row
-
-
-def tables_of(runs: list[RunFiles], sweep_name: str, experiment: str | None, listed: set[str]) -> dict[str, pa.Table]:
-    """The four results tables of these runs (in the order given)."""
-    run_ids = [run.run_id for run in runs]
-    curves, _ = _stack(run_ids, [run.curves for run in runs], CURVES_SCHEMA)
-    dynamics, dynamics_run = _stack(run_ids, [run.dynamics for run in runs], DYNAMICS_SCHEMA)
-
-    curves_frame = curves.select(["run_id", "step", "epoch", "split", "metric", "value"]).to_pandas()
-    steps_per_epoch = _steps_per_epoch(curves_frame)
-    rows, windows, predicted = [], {}, {}
-    for run in runs:
-        total, warmup = _schedule_lengths(run, steps_per_epoch.get(run.run_id, math.nan))
-        rows.append(_run_row(run, sweep_name, experiment, run.run_id in listed, total, warmup))
-        if total is not None:
-            windows[run.run_id] = (math.ceil(WINDOW[0] * total), math.floor(WINDOW[1] * total))
-            predicted[run.run_id] = _step_predictor(run.config, total, warmup)
-
-    layers = _measure_layers(dynamics, dynamics_run, run_ids, windows, predicted)
-    summary = _summarize_metrics(curves_frame).join(_summarize_layers(layers), how="outer").to_dict("index")
-    for row in rows:
-        row.update(summary.get(row["run_id"], {}))
-    return {
-        "runs": pa.Table.from_pylist(rows, schema=RUNS_SCHEMA),
-        "curves": curves,
-        "dynamics": dynamics,
-        "layers": pa.Table.from_pandas(layers, schema=LAYERS_SCHEMA, preserve_index=False),
-    }
 
 
 def _step_predictor(config: RunConfig | None, total_steps: int, warmup_steps: int | None):
@@ -609,17 +786,26 @@ def _file_signature(path: Path) -> list | None:
         return None
 
 
+def _table_signatures(outputs: dict[str, Path]) -> dict:
+    """Signatures of the single-file outputs (dynamics' files are in each run's cache entry)."""
+    return {name: _file_signature(path) for name, path in outputs.items() if name != "dynamics"}
+
+
 def _load_cache(results: Path, key: dict) -> dict | None:
     """The previous gather's cache, if it describes the outputs as they are and was made with this key."""
     try:
         cache = store.read_json(results / CACHE_FILE)
     except (OSError, ValueError):
         return None
-    if not isinstance(cache, dict) or cache.get("key") != key:
+    if not isinstance(cache, dict) or cache.get("key") != key or not isinstance(cache.get("runs"), dict):
         return None
     outputs = output_paths(results.parent)
-    if cache.get("outputs") != {name: _file_signature(path) for name, path in outputs.items()}:
+    if cache.get("outputs") != _table_signatures(outputs):
         return None
+    for run_id, entry in cache["runs"].items():
+        dynamics_file = outputs["dynamics"] / f"{run_id}.parquet"
+        if not isinstance(entry, dict) or entry.get("dynamics") != _file_signature(dynamics_file):
+            return None
     return cache
 
 
@@ -639,12 +825,35 @@ def _read_manifest(sweep: Path, problems: list[Problem]) -> tuple[str | None, li
         return None, []
 
 
-def _run_directories(sweep: Path) -> set[str]:
-    try:
-        with os.scandir(store.runs_dir(sweep)) as scan:
-            return {entry.name for entry in scan if entry.is_dir() and not entry.name.startswith(".")}
-    except FileNotFoundError:
+def _run_directories(sweep: Path, root: Path, problems: list[Problem]) -> set[str]:
+    """The run directories in runs/; those leading out of the sweep are Problems, not runs."""
+    runs = store.runs_dir(sweep)
+    if runs.exists() and (target := _outside(runs, root)) is not None:
+        problems.append(Problem(None, runs.name, _outside_reason(target)))
         return set()
+    directories = set()
+    try:
+        with os.scandir(runs) as scan:
+            for entry in scan:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_symlink() and (target := _outside(Path(entry.path), root)) is not None:
+                    problems.append(Problem(None, f"{runs.name}/{entry.name}", _outside_reason(target)))
+                elif entry.is_dir():
+                    directories.add(entry.name)
+    except FileNotFoundError:
+        pass
+    return directories
+
+
+def _refuse_outputs_outside(sweep: Path, root: Path) -> None:
+    """Refuse results/ paths that would make us write out of the sweep through a symbolic link."""
+    results = sweep / RESULTS_DIR
+    for path in (results, results / CACHE_FILE, *output_paths(sweep).values()):
+        target = _outside(path, root)
+        if target is not None:
+            raise UserError(f"{path} leads out of the sweep, to {target}; gather writes only inside the sweep: "
+                            f"remove the symbolic link (gather rebuilds {RESULTS_DIR}/ from the run directories)")
 
 
 def _run_blocks(table: pa.Table) -> dict[str, pa.Table]:
@@ -658,29 +867,58 @@ def _run_blocks(table: pa.Table) -> dict[str, pa.Table]:
 
 
 def _merge(path: Path, schema: pa.Schema, new: pa.Table, replaced: set[str]) -> pa.Table:
-    """The previous table's rows of the runs not replaced, and the new rows, in run_id order."""
+    """The previous (small) table's rows of the runs not replaced, and the new rows, in run_id order."""
     previous = pq.read_table(path, schema=schema).replace_schema_metadata(None)
     blocks = {run_id: rows for run_id, rows in _run_blocks(previous).items() if run_id not in replaced}
     blocks.update(_run_blocks(new))
     return pa.concat_tables([blocks[run_id] for run_id in sorted(blocks)]) if blocks else new
 
 
-def gather(sweep: str | os.PathLike, *, full: bool = False) -> GatherReport:
-    """Read the sweep's run directories that changed and (re)write SWEEP/results/*.parquet.
+def _kept_blocks(path: Path, schema: pa.Schema, kept: set[str], batch_rows: int):
+    """(run_id, rows) of the runs in `kept`, streamed from a previous output in its (run_id) order."""
+    with pq.ParquetFile(path) as file:
+        for batch in file.iter_batches(batch_size=batch_rows, columns=schema.names, use_threads=False):
+            for run_id, rows in _run_blocks(pa.Table.from_batches([batch]).cast(schema)).items():
+                if run_id in kept:
+                    yield run_id, rows
 
-    full=True ignores the cache and reads every run.
+
+def _write_stream(path: Path, schema: pa.Schema, metadata: dict, blocks, batch_rows: int) -> None:
+    """Write (run_id, rows) blocks as one file, batch_rows rows per row group."""
+    with store.atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema.with_metadata(metadata)) as writer:
+        pending, count = [], 0
+        for _, rows in blocks:
+            pending.append(rows)
+            count += rows.num_rows
+            if count >= batch_rows:
+                writer.write_table(pa.concat_tables(pending), row_group_size=batch_rows)
+                pending, count = [], 0
+        if pending:
+            writer.write_table(pa.concat_tables(pending), row_group_size=batch_rows)
+
+
+def gather(sweep: str | os.PathLike, *, full: bool = False, batch_rows: int = BATCH_ROWS,
+           threads: int = READ_THREADS) -> GatherReport:
+    """Read the sweep's run directories that changed and (re)write SWEEP/results/.
+
+    full=True ignores the cache and reads every run. batch_rows and threads bound the
+    memory (module docstring): about threads x batch_rows x 100 bytes.
     """
     sweep = Path(sweep)
     if not ((sweep / store.MANIFEST_FILE).is_file() or store.runs_dir(sweep).is_dir()):
         raise UserError(f"{sweep} is not a sweep directory (no {store.MANIFEST_FILE}, no runs/); "
                         "give the directory that `rotsweep launch` created")
-    sweep_name = sweep.resolve().name
+    if batch_rows < 1 or threads < 1:
+        raise UserError(f"batch_rows and threads must be positive, got {batch_rows} and {threads}")
+    root = sweep.resolve()
+    sweep_name = root.name
+    _refuse_outputs_outside(sweep, root)
     results = sweep / RESULTS_DIR
     outputs = output_paths(sweep)
 
     problems: list[Problem] = []
     experiment, manifest_runs = _read_manifest(sweep, problems)
-    directories = _run_directories(sweep)
+    directories = _run_directories(sweep, root, problems)
     listed = set(manifest_runs)
     run_ids = sorted(listed | directories)
 
@@ -691,40 +929,64 @@ def gather(sweep: str | os.PathLike, *, full: bool = False) -> GatherReport:
         run_id for run_id in run_ids
         if run_id not in cached or cached[run_id]["signature"] is None
         or cached[run_id]["in_manifest"] != (run_id in listed)
-        or cached[run_id]["signature"] != run_signature(store.run_dir(sweep, run_id))
+        or cached[run_id]["signature"] != run_signature(store.run_dir(sweep, run_id), root)
     ]
     removed = set(cached) - set(run_ids)
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        fresh = list(pool.map(lambda run_id: read_run(run_id, store.run_dir(sweep, run_id)), changed))
+    entries = {run_id: entry for run_id, entry in cached.items() if run_id not in removed}
+    written = bool(changed or removed or cache is None)
 
-    entries = dict(cached)
-    for run_id in removed:
-        del entries[run_id]
-    for run in fresh:
-        entries[run.run_id] = {"signature": run.signature, "in_manifest": run.run_id in listed,
-                               "problems": [[p.file, p.reason] for p in run.problems]}
-    for run_id in run_ids:
-        problems += [Problem(run_id, file, reason) for file, reason in entries[run_id]["problems"]]
-
-    written = bool(fresh or removed or cache is None)
     if written:
-        tables = tables_of(fresh, sweep_name, experiment, listed)
-        if cache is not None:
-            tables = {name: _merge(outputs[name], TABLES[name], tables[name], set(changed) | removed)
-                      for name in TABLES}
         metadata = {SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()}
-        for name, table in tables.items():
+        dynamics_dir = outputs["dynamics"]
+        if dynamics_dir.is_file():  # schema version 3 and before: one file
+            dynamics_dir.unlink()
+        dynamics_dir.mkdir(parents=True, exist_ok=True)
+        run_rows, layer_rows = [], []
+
+        def fresh_curves():
+            """Read the changed runs, a few at a time in run_id order, yielding their curves."""
+            def read(run_id):
+                return read_run(run_id, store.run_dir(sweep, run_id), dynamics_dir / f"{run_id}.parquet",
+                                root=root, batch_rows=batch_rows)
+            with ThreadPoolExecutor(threads) as pool:
+                for start in range(0, len(changed), threads):
+                    for run in pool.map(read, changed[start:start + threads]):
+                        run_rows.append(_run_row(run, sweep_name, experiment, run.run_id in listed))
+                        if run.layers is not None and len(run.layers):
+                            layer_rows.append(run.layers)
+                        entries[run.run_id] = {
+                            "signature": run.signature, "in_manifest": run.run_id in listed,
+                            "problems": [[p.file, p.reason] for p in run.problems],
+                            "dynamics": _file_signature(dynamics_dir / f"{run.run_id}.parquet"),
+                        }
+                        yield run.run_id, _with_run_id(run.curves, run.run_id, CURVES_SCHEMA)
+
+        kept = set(entries) - set(changed)
+        previous = _kept_blocks(outputs["curves"], CURVES_SCHEMA, kept, batch_rows) if cache else iter(())
+        _write_stream(outputs["curves"], CURVES_SCHEMA, metadata,
+                      heapq.merge(previous, fresh_curves(), key=lambda block: block[0]), batch_rows)
+
+        new = {
+            "runs": pa.Table.from_pylist(run_rows, schema=RUNS_SCHEMA),
+            "layers": pa.Table.from_pandas(pd.concat(layer_rows, ignore_index=True), schema=LAYERS_SCHEMA,
+                                           preserve_index=False) if layer_rows else LAYERS_SCHEMA.empty_table(),
+        }
+        for name, table in new.items():
+            if cache is not None:
+                table = _merge(outputs[name], TABLES[name], table, set(changed) | removed)
             store.write_parquet(outputs[name], table.replace_schema_metadata(metadata))
+        # Files of runs no longer in the sweep (and, after a full gather, any other stray file).
+        for path in dynamics_dir.glob("*.parquet"):
+            if path.stem not in entries:
+                path.unlink(missing_ok=True)
         # The cache goes last: if we stop before it, the outputs no longer match it and the
         # next gather starts from scratch.
-        store.write_json(results / CACHE_FILE, {
-            "key": key,
-            "outputs": {name: _file_signature(path) for name, path in outputs.items()},
-            "runs": entries,
-        })
+        store.write_json(results / CACHE_FILE, {"key": key, "outputs": _table_signatures(outputs), "runs": entries})
 
+    for run_id in run_ids:
+        problems += [Problem(run_id, file, reason) for file, reason in entries[run_id]["problems"]]
     return GatherReport(
-        sweep=sweep, runs=len(run_ids), read=len(fresh), unchanged=len(run_ids) - len(fresh),
+        sweep=sweep, runs=len(run_ids), read=len(changed), unchanged=len(run_ids) - len(changed),
         skipped=len({problem.run_id for problem in problems if problem.run_id is not None}),
         missing=len(listed - directories), problems=sorted(problems, key=lambda p: (p.run_id or "", p.file)),
         outputs=outputs, written=written,
