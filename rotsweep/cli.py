@@ -453,8 +453,22 @@ def _value(choice: Optional[Enum]) -> Optional[str]:
     return None if choice is None else choice.value
 
 
-def _echo_paths(paths) -> None:
+def _echo_paths(paths, sweep: Optional[Path] = None) -> None:
+    """The figures drawn, then (on stderr) what the gathered tables they come from lack."""
     typer.echo("\n".join(str(path) for path in paths))
+    if sweep is not None:
+        _note_gather_problems(sweep)
+
+
+def _note_gather_problems(sweep: Path) -> None:
+    from rotsweep.analysis.gather import recorded_problems
+
+    problems = recorded_problems(sweep)
+    if problems:
+        runs = len({problem.run_id for problem in problems})
+        typer.echo(f"note: gather skipped {len(problems)} file(s) of {runs} run(s), which the figures lack "
+                   f"(a run without a readable status is marked '?'); `rotsweep gather {sweep}` lists them",
+                   err=True)
 
 
 @plot_app.command("heatmap")
@@ -466,7 +480,8 @@ def plot_heatmap(
     """Figure 6 left: metric over the lr x weight-decay grid with η̂_r contours."""
     from rotsweep.analysis import figures
 
-    _echo_paths(figures.plot_heatmap(_sweep_for("heatmap", sweep), _value(metric)))
+    chosen = _sweep_for("heatmap", sweep)
+    _echo_paths(figures.plot_heatmap(chosen, _value(metric)), chosen)
 
 
 @plot_app.command("lr-sweep")
@@ -478,7 +493,8 @@ def plot_lr_sweep(
     """Figures 4L, 5M/R, 7L, 14: metric against learning rate per variant."""
     from rotsweep.analysis import figures
 
-    _echo_paths(figures.plot_lr_sweep(_sweep_for("lr-sweep", sweep), _value(metric)))
+    chosen = _sweep_for("lr-sweep", sweep)
+    _echo_paths(figures.plot_lr_sweep(chosen, _value(metric)), chosen)
 
 
 @plot_app.command("curves")
@@ -491,7 +507,8 @@ def plot_curves(
     """Figure 5 left: loss curves."""
     from rotsweep.analysis import figures
 
-    _echo_paths(figures.plot_curves(_sweep_for("curves", sweep), run or None, _value(metric)))
+    chosen = _sweep_for("curves", sweep)
+    _echo_paths(figures.plot_curves(chosen, run or None, _value(metric)), chosen)
 
 
 @plot_app.command("dynamics")
@@ -506,7 +523,8 @@ def plot_dynamics(
     """Figures 3, 4M/R, 6R, 7R, 13: norms and rotation over training, predictions dashed."""
     from rotsweep.analysis import figures
 
-    _echo_paths(figures.plot_dynamics(_sweep_for("dynamics", sweep), run or None, layer or None, neurons, _value(metric)))
+    chosen = _sweep_for("dynamics", sweep)
+    _echo_paths(figures.plot_dynamics(chosen, run or None, layer or None, neurons, _value(metric)), chosen)
 
 
 @plot_app.command("imbalance")
@@ -518,7 +536,8 @@ def plot_imbalance(
     """Figure 16: metric against the imbalanced portion p, factor f and width."""
     from rotsweep.analysis import figures
 
-    _echo_paths(figures.plot_imbalance(_sweep_for("imbalance", sweep), _value(metric)))
+    chosen = _sweep_for("imbalance", sweep)
+    _echo_paths(figures.plot_imbalance(chosen, _value(metric)), chosen)
 
 
 @plot_app.command("randomwalk")
@@ -545,6 +564,7 @@ def plot_all(sweep: Path = typer.Argument(..., help="a gathered sweep directory,
 
     drawn = figures.plot_all(sweep)
     typer.echo(drawn.format())
+    _note_gather_problems(sweep)
     if not drawn.paths:
         typer.echo(f"error: no figure drawn from {sweep}", err=True)
         raise typer.Exit(1)

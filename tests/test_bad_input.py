@@ -363,6 +363,28 @@ def test_plot_with_a_corrupt_runs_table_names_the_fix(sweep, tmp_path):
         assert_refused(tmp_path, ["plot", command, sweep], f"rotsweep gather --full {sweep}")
 
 
+def test_plots_say_what_gather_skipped_and_mark_an_unreadable_run_as_such(sweep, tmp_path):
+    """D: a done run whose status.json gather cannot read is "unreadable" in the figures, not "unfinished"."""
+    from rotsweep.analysis import figures
+
+    victim = run_ids(sweep)[0]
+    (store.run_dir(sweep, victim) / store.STATUS_FILE).write_bytes(b'{"status": "do')
+    assert invoke("gather", sweep).exit_code == 0
+    runs = figures.load_runs(sweep)
+    table = figures.summarize(runs, ["run_id"], figures.pick_metric(runs))
+    states = dict(zip(table["run_id"], table["state"]))
+    assert states.pop(victim) == "unreadable" and set(states.values()) == {"done"}
+
+    result = invoke("plot", "all", sweep)
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "gather skipped 1 file(s) of 1 run(s)" in notes[0]
+    assert f"rotsweep gather {sweep}" in notes[0] and "Traceback" not in result.output
+    (store.run_dir(sweep, victim) / store.STATUS_FILE).unlink()  # no status: a pending run, nothing skipped
+    assert invoke("gather", sweep).exit_code == 0
+    assert "note:" not in invoke("plot", "all", sweep).stderr
+
+
 # --- B. A truncated checkpoint: one line, and the run starts over ---------------------------
 
 

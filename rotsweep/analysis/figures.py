@@ -131,7 +131,9 @@ def pick_metric(runs: pd.DataFrame, name: str | None = None) -> Metric:
     raise UserError(f"no finished run has a {wanted} yet; wait for runs to finish, then gather again")
 
 
-STATE_ORDER = ("done", "diverged", "failed", "unfinished")  # most telling first
+# Most telling first. "unreadable": gather could not read the run's status.json (it lists
+# the file among its problems), so whether the run finished is unknown, not "unfinished".
+STATE_ORDER = ("done", "diverged", "failed", "unreadable", "unfinished")
 
 
 def summarize(runs: pd.DataFrame, keys: list[str], metric: Metric) -> pd.DataFrame:
@@ -139,20 +141,23 @@ def summarize(runs: pd.DataFrame, keys: list[str], metric: Metric) -> pd.DataFra
 
     Columns: keys, mean, std (NaN for one seed), seeds (finished ones), diverged (count),
     state: "done" when a seed finished, otherwise the first of diverged, failed,
-    unfinished (pending, running or preempted) that applies.
+    unreadable (no status gather could read), unfinished (pending, running or preempted)
+    that applies.
     """
     finished = runs["status"] == "done"
     data = runs.assign(
         value=runs[metric.column].where(finished & np.isfinite(runs[metric.column].astype(float))),
         diverged=runs["status"] == "diverged",
         failed=runs["status"] == "failed",
+        unreadable=runs["status"].isna(),
     )
     table = data.groupby(keys, sort=True).agg(
         mean=("value", "mean"), std=("value", "std"), seeds=("value", "count"),
-        diverged=("diverged", "sum"), failed=("failed", "sum"),
+        diverged=("diverged", "sum"), failed=("failed", "sum"), unreadable=("unreadable", "sum"),
     ).reset_index()
     table["state"] = np.select(
-        [table["seeds"] > 0, table["diverged"] > 0, table["failed"] > 0], list(STATE_ORDER[:3]), STATE_ORDER[3]
+        [table["seeds"] > 0, table["diverged"] > 0, table["failed"] > 0, table["unreadable"] > 0],
+        list(STATE_ORDER[:4]), STATE_ORDER[4],
     )
     return table
 
@@ -449,7 +454,7 @@ def _heatmap_panel(ax, cells: pd.DataFrame, config: RunConfig, metric: Metric, c
     sns.heatmap(values, ax=ax, cmap=cmap, vmin=vmin, vmax=vmax, cbar=False, annot=text, fmt="",
                 annot_kws={"size": size}, linewidths=0.5, linecolor="white", square=False)
 
-    marks = {"diverged": "div.", "failed": "failed", "unfinished": "…"}
+    marks = {"diverged": "div.", "failed": "failed", "unreadable": "?", "unfinished": "…"}
     for i in range(len(weight_decays)):
         for j in range(len(lrs)):
             if state.iat[i, j] in marks:
@@ -515,7 +520,8 @@ def draw_heatmap(runs: pd.DataFrame, metric: str | None = None) -> plt.Figure:
                 for what, label in contours.items() if what in drawn]
     marked = set().union(*(need["marked"] for need in needs))
     if marked:
-        names = {"diverged": "div. = diverged", "failed": "failed", "unfinished": "… = not finished"}
+        names = {"diverged": "div. = diverged", "failed": "failed", "unreadable": "? = status unreadable",
+                 "unfinished": "… = not finished"}
         handles.append(Patch(facecolor="0.92", edgecolor="0.6", hatch="///",
                              label=", ".join(names[m] for m in STATE_ORDER if m in marked)))
     if any(need["blank"] for need in needs):
@@ -559,7 +565,7 @@ def draw_lr_sweep(runs: pd.DataFrame, metric: str | None = None) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     palette = variant_colors(runs)
     variants = list(palette)
-    markers = {"diverged": "x", "failed": "X", "unfinished": "o"}
+    markers = {"diverged": "x", "failed": "X", "unreadable": "$?$", "unfinished": "o"}
     for variant in variants:
         rows = points[points["variant"] == variant]
         done = rows[rows["state"] == "done"]

@@ -809,6 +809,21 @@ def _load_cache(results: Path, key: dict) -> dict | None:
     return cache
 
 
+def recorded_problems(sweep: str | os.PathLike) -> list[Problem]:
+    """The per-run problems (files skipped) of the sweep's last gather, as its cache recorded them.
+
+    Figures are drawn from the gathered tables alone; this is how they tell what those tables
+    lack. An unreadable cache records nothing.
+    """
+    try:
+        cache = store.read_json(Path(sweep) / RESULTS_DIR / CACHE_FILE)
+        entries = cache["runs"]
+        return [Problem(run_id, file, reason) for run_id, entry in sorted(entries.items())
+                for file, reason in entry.get("problems", [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
 def _read_manifest(sweep: Path, problems: list[Problem]) -> tuple[str | None, list[str]]:
     """(experiment, run ids) of manifest.json; a bad manifest is a Problem, not an error."""
     try:
