@@ -176,10 +176,23 @@ def prepare_text(
 
 @app.command()
 @reports_user_errors
-def experiments(as_json: bool = typer.Option(False, "--json")) -> None:
+def experiments(
+    name: Optional[str] = typer.Argument(None, help="one experiment (with --toml)"),
+    model: Optional[str] = typer.Option(None, help="with --toml: the model (default: the experiment's first)"),
+    toml: bool = typer.Option(False, "--toml", help="print experiment NAME as a sweep file to copy and change"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """List the experiments with the models they accept, their axes and run counts."""
-    from rotsweep.experiments import describe_experiments
+    from rotsweep.experiments import describe_experiments, get_experiment
 
+    if toml or name is not None:
+        from rotsweep import sweepfile
+
+        if not (toml and name):
+            raise UserError("give an experiment and --toml, e.g. `rotsweep experiments eta-lambda --toml`")
+        experiment = get_experiment(name)
+        typer.echo(sweepfile.to_toml(experiment, model or experiment.models[0]), nl=False)
+        return
     described = describe_experiments()
     if as_json:
         print_json(described)
@@ -196,9 +209,13 @@ def experiments(as_json: bool = typer.Option(False, "--json")) -> None:
 @app.command()
 @reports_user_errors
 def launch(
-    experiment: str = typer.Argument(..., help="see `rotsweep experiments`"),
-    model: str = typer.Option(..., help="a model the experiment accepts"),
-    scale: str = typer.Option("paper", help="paper (A100 recipes) or tiny (CPU minutes)"),
+    experiment: str = typer.Argument(
+        ..., help="a built-in experiment (`rotsweep experiments`), a sweep file PATH.toml, or a sweep directory to relaunch"
+    ),
+    model: Optional[str] = typer.Option(None, help="a model the experiment accepts (built-in experiments only)"),
+    scale: Optional[str] = typer.Option(
+        None, help="paper (A100 recipes) or tiny (CPU minutes); default: paper, or the sweep file's own"
+    ),
     executor: str = typer.Option("slurm", help="slurm or local"),
     profile: Optional[str] = typer.Option(
         None, help="cluster profile: NAME of slurm/NAME.toml or a .toml path (default: a100 at paper scale, local at tiny)"
@@ -213,12 +230,10 @@ def launch(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; submit nothing"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Launch an experiment's sweep; relaunching submits only what is not done."""
+    """Launch an experiment's sweep or a sweep file; relaunching submits only what is not done."""
     from rotsweep import launch as launcher
 
-    plan = launcher.make_plan(
-        experiment, model, scale=scale, out=out, seeds=seeds or None, overrides=set_, rerun_failed=rerun_failed,
-    )
+    plan = _plan_launch(experiment, model, scale, out, seeds or None, set_, rerun_failed)
     if dry_run:
         report = launcher.dry_run_report(plan, executor=executor, profile_name=profile, max_parallel=max_parallel,
                                          runs_per_job=runs_per_job)
@@ -242,6 +257,30 @@ def launch(
             f"{plan.sweep}: submitted {submission.runs} of {len(plan.runs)} runs in {submission.jobs} {executor} job(s); "
             f"{len(plan.already_done)} already finished. Follow with: rotsweep status {plan.sweep}"
         )
+
+
+def _plan_launch(target: str, model, scale, out, seeds, overrides, rerun_failed):
+    """A built-in experiment by name, a sweep file (.toml), or an existing sweep directory (relaunched)."""
+    from rotsweep import launch as launcher, store, sweepfile
+
+    path = Path(target)
+    if target.endswith(".toml") or path.is_file():
+        if model is not None:
+            raise UserError(f"--model does not apply to a sweep file: set model in the [base] of {target}")
+        return launcher.make_file_plan(sweepfile.load(path), scale=scale, out=out, seeds=seeds, overrides=overrides,
+                                       rerun_failed=rerun_failed)
+    if (path / store.MANIFEST_FILE).is_file():
+        if model is not None or scale is not None or out is not None:
+            raise UserError(f"{target} is a sweep directory: relaunch it without --model, --scale or --out "
+                            "(they are recorded in it)")
+        return launcher.make_relaunch_plan(path, seeds=seeds, overrides=overrides, rerun_failed=rerun_failed)
+    if model is None:
+        from rotsweep.experiments import get_experiment
+
+        models = ", ".join(get_experiment(target).models)
+        raise UserError(f"--model is required for the built-in experiment {target}; choose one of: {models}")
+    return launcher.make_plan(target, model, scale=scale or "paper", out=out, seeds=seeds, overrides=overrides,
+                              rerun_failed=rerun_failed)
 
 
 @app.command()

@@ -45,10 +45,11 @@ from pathlib import Path
 
 import submitit
 
-from rotsweep import __version__, store
+from rotsweep import __version__, store, sweepfile
 from rotsweep.config import RunConfig
 from rotsweep.errors import UserError
-from rotsweep.experiments import get_experiment
+from rotsweep.experiments import Sweep, get_experiment
+from rotsweep.sweepfile import SweepFile
 
 try:
     import tomllib
@@ -327,6 +328,9 @@ class Plan:
     axes: dict
     runs: list[PlannedRun] = field(default_factory=list)
     rerun_failed: bool = False
+    # A sweep file's path and text, recorded in the manifest so that later commands need no file.
+    sweep_file: dict | None = None
+    grid: Sweep | None = None  # what the runs were expanded from (a launch plans again under the sweep's lock)
 
     @property
     def to_submit(self) -> list[PlannedRun]:
@@ -358,14 +362,74 @@ def make_plan(
     """Expand the experiment's grid and decide, run by run, what to submit. Writes nothing."""
     if scale not in SCALES:
         raise UserError(f"unknown scale {scale!r}; choose paper or tiny")
-    spec = get_experiment(experiment)
-    configs = [config.with_overrides(list(overrides)) for config in spec.runs(model, scale=scale, seeds=seeds)]
+    grid = get_experiment(experiment).sweep(model, scale)
+    return plan_sweep(grid, experiment, model, scale, out=out, seeds=seeds, overrides=overrides,
+                      rerun_failed=rerun_failed)
+
+
+def make_file_plan(
+    sweep_file: SweepFile,
+    *,
+    scale: str | None = None,
+    out: Path | None = None,
+    seeds: list[int] | None = None,
+    overrides: list[str] = (),
+    rerun_failed: bool = False,
+) -> Plan:
+    """As make_plan, for a sweep file (rotsweep.sweepfile); scale None is the file's own. Writes nothing."""
+    scale = scale or sweep_file.default_scale
+    grid = sweep_file.sweep(scale)
+    plan = plan_sweep(grid, sweep_file.name, None, scale, out=out, seeds=seeds,
+                      overrides=overrides, rerun_failed=rerun_failed)
+    plan.sweep_file = {"path": sweep_file.origin, "text": sweep_file.text}
+    return plan
+
+
+def make_relaunch_plan(
+    sweep: Path, *, seeds: list[int] | None = None, overrides: list[str] = (), rerun_failed: bool = False
+) -> Plan:
+    """The plan of an existing sweep directory, from its manifest alone (no sweep file needed).
+
+    The seeds and overrides default to the recorded ones; a sweep file's grid is
+    the text recorded at its last launch.
+    """
+    manifest = load_sweep(sweep)
+    seeds = seeds if seeds is not None else manifest.get("seeds")
+    overrides = list(overrides) or manifest.get("overrides", [])
+    recorded = manifest.get("sweep_file")
+    if recorded is None:
+        return make_plan(manifest["experiment"], manifest["model"], scale=manifest["scale"], out=sweep, seeds=seeds,
+                         overrides=overrides, rerun_failed=rerun_failed)
+    origin = f"{recorded['path']} (as recorded in {Path(sweep) / store.MANIFEST_FILE})"
+    plan = make_file_plan(sweepfile.parse(recorded["text"], origin=origin), scale=manifest["scale"], out=sweep,
+                          seeds=seeds, overrides=overrides, rerun_failed=rerun_failed)
+    plan.sweep_file = recorded
+    return plan
+
+
+def plan_sweep(
+    grid: Sweep,
+    experiment: str,
+    model: str | None,
+    scale: str,
+    *,
+    out: Path | None = None,
+    seeds: list[int] | None = None,
+    overrides: list[str] = (),
+    rerun_failed: bool = False,
+) -> Plan:
+    """Decide, run by run, what to submit of a grid named experiment / model / scale. Writes nothing.
+
+    model None: the model the runs train (several joined by "+"), after the overrides.
+    """
+    configs = [config.with_overrides(list(overrides)) for config in grid.runs(seeds)]
     unique = list({config.run_id: config for config in configs}.values())
     if not unique:
         raise UserError(f"the grid of {experiment} for {model} at {scale} scale is empty; check --seeds and --set")
+    model = model or "+".join(sorted({config.model for config in unique}))
     sweep = Path(out) if out is not None else default_sweep_dir(experiment, model, scale)
-    plan = Plan(experiment, model, scale, sweep, seeds, list(overrides), spec.axes(model, scale),
-                rerun_failed=rerun_failed)
+    plan = Plan(experiment, model, scale, sweep, seeds, list(overrides), grid.axes(), rerun_failed=rerun_failed,
+                grid=grid)
 
     manifest = store.read_manifest(sweep)
     if manifest is not None:
@@ -484,8 +548,10 @@ def submit(
     with sweep_lock(plan.sweep):
         # Another launch into this sweep may have submitted since `plan` was made:
         # decide again under the lock, so that each run is submitted by one launch only.
-        plan = make_plan(plan.experiment, plan.model, scale=plan.scale, out=plan.sweep, seeds=plan.seeds,
-                         overrides=plan.overrides, rerun_failed=plan.rerun_failed)
+        again = plan_sweep(plan.grid, plan.experiment, plan.model, plan.scale, out=plan.sweep, seeds=plan.seeds,
+                           overrides=plan.overrides, rerun_failed=plan.rerun_failed)
+        again.sweep_file = plan.sweep_file
+        plan = again
         return submit_locked(plan, executor, profile, profile_name, max_parallel, runs_per_job, data_dir)
 
 
@@ -611,6 +677,8 @@ def update_manifest(plan: Plan, executor: str, profile_name: str | None) -> dict
     known = set(manifest["runs"])
     manifest["runs"] += [run.config.run_id for run in plan.runs if run.config.run_id not in known]
     manifest["axes"] = plan.axes
+    if plan.sweep_file is not None:
+        manifest["sweep_file"] = plan.sweep_file  # its latest text: a relaunch from the directory uses it
     manifest["code_version"] = code_version()
     manifest["launches"].append({
         "time": time.time(), "executor": executor, "profile": profile_name,
