@@ -223,6 +223,9 @@ def launch(
     out: Optional[Path] = typer.Option(None, help="sweep directory (default: sweeps/EXPERIMENT-MODEL-SCALE)"),
     seeds: Optional[list[int]] = typer.Option(None, "--seeds", help="seeds (repeatable; default: the paper's)"),
     set_: list[str] = typer.Option([], "--set", help="override a RunConfig field in every run: key=value"),
+    grid: list[str] = typer.Option(
+        [], "--grid", help="add or replace an axis: FIELD=V1,V2,... or FIELD=logspace:START:STOP:COUNT (or linspace)"
+    ),
     max_parallel: Optional[int] = typer.Option(None, help="runs at once (SLURM array throttle %N; local pool size)"),
     runs_per_job: int = typer.Option(1, help="pack several runs into one job"),
     rerun_failed: bool = typer.Option(False, "--rerun-failed", help="also resubmit runs that raised an error"),
@@ -233,7 +236,7 @@ def launch(
     """Launch an experiment's sweep or a sweep file; relaunching submits only what is not done."""
     from rotsweep import launch as launcher
 
-    plan = _plan_launch(experiment, model, scale, out, seeds or None, set_, rerun_failed)
+    plan = _plan_launch(experiment, model, scale, out, seeds or None, set_, rerun_failed, _grid_axes(grid))
     if dry_run:
         report = launcher.dry_run_report(plan, executor=executor, profile_name=profile, max_parallel=max_parallel,
                                          runs_per_job=runs_per_job)
@@ -259,7 +262,26 @@ def launch(
         )
 
 
-def _plan_launch(target: str, model, scale, out, seeds, overrides, rerun_failed):
+def _grid_axes(items: list[str]) -> dict:
+    """--grid lr=0.1,0.2 / lr=logspace:1e-4:1:9 as sweep-file axes: {"lr": [0.1, 0.2]}, {"lr": {"logspace": [...]}}."""
+    from rotsweep.config import parse_assignments
+
+    axes = {}
+    for item in items:
+        name, sep, raw = (part.strip() for part in item.partition("="))
+        if not sep or not name or not raw:
+            raise UserError(f"malformed --grid {item!r}: write FIELD=V1,V2,... or FIELD=logspace:START:STOP:COUNT, "
+                            "e.g. --grid lr=1e-3,1e-2")
+        kind, colon, bounds = raw.partition(":")
+        if colon and kind in ("logspace", "linspace"):
+            values = [parse_assignments([f"x={part}"])["x"] for part in bounds.split(":")]
+            axes[name] = {kind: values}
+        else:
+            axes[name] = [parse_assignments([f"x={part.strip()}"])["x"] for part in raw.split(",")]
+    return axes
+
+
+def _plan_launch(target: str, model, scale, out, seeds, overrides, rerun_failed, axes):
     """A built-in experiment by name, a sweep file (.toml), or an existing sweep directory (relaunched)."""
     from rotsweep import launch as launcher, store, sweepfile
 
@@ -268,10 +290,10 @@ def _plan_launch(target: str, model, scale, out, seeds, overrides, rerun_failed)
         if model is not None:
             raise UserError(f"--model does not apply to a sweep file: set model in the [base] of {target}")
         return launcher.make_file_plan(sweepfile.load(path), scale=scale, out=out, seeds=seeds, overrides=overrides,
-                                       rerun_failed=rerun_failed)
+                                       rerun_failed=rerun_failed, axes=axes)
     if (path / store.MANIFEST_FILE).is_file():
-        if model is not None or scale is not None or out is not None:
-            raise UserError(f"{target} is a sweep directory: relaunch it without --model, --scale or --out "
+        if model is not None or scale is not None or out is not None or axes:
+            raise UserError(f"{target} is a sweep directory: relaunch it without --model, --scale, --out or --grid "
                             "(they are recorded in it)")
         return launcher.make_relaunch_plan(path, seeds=seeds, overrides=overrides, rerun_failed=rerun_failed)
     if model is None:
@@ -280,7 +302,7 @@ def _plan_launch(target: str, model, scale, out, seeds, overrides, rerun_failed)
         models = ", ".join(get_experiment(target).models)
         raise UserError(f"--model is required for the built-in experiment {target}; choose one of: {models}")
     return launcher.make_plan(target, model, scale=scale or "paper", out=out, seeds=seeds, overrides=overrides,
-                              rerun_failed=rerun_failed)
+                              rerun_failed=rerun_failed, axes=axes)
 
 
 @app.command()

@@ -46,7 +46,7 @@ from pathlib import Path
 import submitit
 
 from rotsweep import __version__, store, sweepfile
-from rotsweep.config import RunConfig
+from rotsweep.config import RunConfig, parse_assignments
 from rotsweep.errors import UserError
 from rotsweep.experiments import Sweep, get_experiment
 from rotsweep.sweepfile import SweepFile
@@ -331,6 +331,7 @@ class Plan:
     # A sweep file's path and text, recorded in the manifest so that later commands need no file.
     sweep_file: dict | None = None
     grid: Sweep | None = None  # what the runs were expanded from (a launch plans again under the sweep's lock)
+    axes_changed: dict = field(default_factory=dict)  # axes added or replaced ({name: axis as a sweep file writes it})
 
     @property
     def to_submit(self) -> list[PlannedRun]:
@@ -341,8 +342,11 @@ class Plan:
         return [run for run in self.runs if run.state.state in store.FINISHED_STATUSES]
 
     def manifest_identity(self) -> dict:
+        # Changed axes are part of what a sweep is; recorded only when there are some, so
+        # that sweeps launched before axes could change keep their identity.
         return {"experiment": self.experiment, "model": self.model, "scale": self.scale,
-                "seeds": self.seeds, "overrides": self.overrides}
+                "seeds": self.seeds, "overrides": self.overrides,
+                **({"axes_changed": self.axes_changed} if self.axes_changed else {})}
 
 
 def default_sweep_dir(experiment: str, model: str, scale: str) -> Path:
@@ -358,13 +362,21 @@ def make_plan(
     seeds: list[int] | None = None,
     overrides: list[str] = (),
     rerun_failed: bool = False,
+    axes: dict | None = None,
 ) -> Plan:
-    """Expand the experiment's grid and decide, run by run, what to submit. Writes nothing."""
+    """Expand the experiment's grid and decide, run by run, what to submit. Writes nothing.
+
+    axes: {name: axis as a sweep file writes it} replacing or adding axes (rotsweep.sweepfile).
+    """
     if scale not in SCALES:
         raise UserError(f"unknown scale {scale!r}; choose paper or tiny")
-    grid = get_experiment(experiment).sweep(model, scale)
-    return plan_sweep(grid, experiment, model, scale, out=out, seeds=seeds, overrides=overrides,
-                      rerun_failed=rerun_failed)
+    if axes:
+        grid = sweepfile.builtin(experiment, model, grid=axes).sweep(scale)
+    else:
+        grid = get_experiment(experiment).sweep(model, scale)
+    plan = plan_sweep(grid, experiment, model, scale, out=out, seeds=seeds, overrides=overrides,
+                      rerun_failed=rerun_failed, axes_changed=axes)
+    return plan
 
 
 def make_file_plan(
@@ -375,12 +387,15 @@ def make_file_plan(
     seeds: list[int] | None = None,
     overrides: list[str] = (),
     rerun_failed: bool = False,
+    axes: dict | None = None,
 ) -> Plan:
     """As make_plan, for a sweep file (rotsweep.sweepfile); scale None is the file's own. Writes nothing."""
+    if axes:
+        sweep_file = sweepfile.parse(sweep_file.text, origin=sweep_file.origin, grid=axes)
     scale = scale or sweep_file.default_scale
     grid = sweep_file.sweep(scale)
     plan = plan_sweep(grid, sweep_file.name, None, scale, out=out, seeds=seeds,
-                      overrides=overrides, rerun_failed=rerun_failed)
+                      overrides=overrides, rerun_failed=rerun_failed, axes_changed=axes)
     plan.sweep_file = {"path": sweep_file.origin, "text": sweep_file.text}
     return plan
 
@@ -396,13 +411,14 @@ def make_relaunch_plan(
     manifest = load_sweep(sweep)
     seeds = seeds if seeds is not None else manifest.get("seeds")
     overrides = list(overrides) or manifest.get("overrides", [])
+    axes = manifest.get("axes_changed")
     recorded = manifest.get("sweep_file")
     if recorded is None:
         return make_plan(manifest["experiment"], manifest["model"], scale=manifest["scale"], out=sweep, seeds=seeds,
-                         overrides=overrides, rerun_failed=rerun_failed)
+                         overrides=overrides, rerun_failed=rerun_failed, axes=axes)
     origin = f"{recorded['path']} (as recorded in {Path(sweep) / store.MANIFEST_FILE})"
     plan = make_file_plan(sweepfile.parse(recorded["text"], origin=origin), scale=manifest["scale"], out=sweep,
-                          seeds=seeds, overrides=overrides, rerun_failed=rerun_failed)
+                          seeds=seeds, overrides=overrides, rerun_failed=rerun_failed, axes=axes)
     plan.sweep_file = recorded
     return plan
 
@@ -417,11 +433,16 @@ def plan_sweep(
     seeds: list[int] | None = None,
     overrides: list[str] = (),
     rerun_failed: bool = False,
+    axes_changed: dict | None = None,
 ) -> Plan:
     """Decide, run by run, what to submit of a grid named experiment / model / scale. Writes nothing.
 
     model None: the model the runs train (several joined by "+"), after the overrides.
     """
+    collapsed = sorted(set(parse_assignments(list(overrides))) & grid.swept_fields())
+    if collapsed:
+        raise UserError(f"{collapsed[0]} is swept by the grid of {experiment}: a --set would give every run one value; "
+                        f"change its values with --grid {collapsed[0]}=V1,V2,... instead")
     configs = [config.with_overrides(list(overrides)) for config in grid.runs(seeds)]
     unique = list({config.run_id: config for config in configs}.values())
     if not unique:
@@ -429,12 +450,12 @@ def plan_sweep(
     model = model or "+".join(sorted({config.model for config in unique}))
     sweep = Path(out) if out is not None else default_sweep_dir(experiment, model, scale)
     plan = Plan(experiment, model, scale, sweep, seeds, list(overrides), grid.axes(), rerun_failed=rerun_failed,
-                grid=grid)
+                grid=grid, axes_changed=dict(axes_changed or {}))
 
     manifest = store.read_manifest(sweep)
     if manifest is not None:
         recorded = {key: manifest.get(key) for key in plan.manifest_identity()}
-        if recorded != plan.manifest_identity():
+        if recorded != plan.manifest_identity() or (manifest.get("axes_changed") or {}) != plan.axes_changed:
             raise UserError(
                 f"{sweep} holds another sweep ({manifest['experiment']} {manifest['model']} {manifest['scale']}, "
                 f"seeds {manifest.get('seeds')}, --set {manifest.get('overrides')}); choose another --out"
@@ -549,7 +570,7 @@ def submit(
         # Another launch into this sweep may have submitted since `plan` was made:
         # decide again under the lock, so that each run is submitted by one launch only.
         again = plan_sweep(plan.grid, plan.experiment, plan.model, plan.scale, out=plan.sweep, seeds=plan.seeds,
-                           overrides=plan.overrides, rerun_failed=plan.rerun_failed)
+                           overrides=plan.overrides, rerun_failed=plan.rerun_failed, axes_changed=plan.axes_changed)
         again.sweep_file = plan.sweep_file
         plan = again
         return submit_locked(plan, executor, profile, profile_name, max_parallel, runs_per_job, data_dir)

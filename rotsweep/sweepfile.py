@@ -124,12 +124,18 @@ def load(path: str | Path) -> SweepFile:
     return parse(text, origin=str(path))
 
 
-def parse(text: str, origin: str = "<sweep file>") -> SweepFile:
-    """Parse the text of a sweep file (from a file, or as recorded in a sweep's manifest)."""
+def parse(text: str, origin: str = "<sweep file>", grid: dict[str, Any] | None = None) -> SweepFile:
+    """Parse the text of a sweep file (from a file, or as recorded in a sweep's manifest).
+
+    grid: {axis name: axis} (as the file would write it) that replaces the axis of
+    that name in every product of the file, or is added to every product.
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{origin}: not valid TOML: {error}; fix the syntax there") from None
+    if grid:
+        _set_axes(data, grid)
     _known_keys(data, TOP_KEYS, origin, "")
     name = data.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
@@ -162,6 +168,33 @@ def parse(text: str, origin: str = "<sweep file>") -> SweepFile:
         except UserError as error:
             raise UserError(f"{origin}: [{which}] runs: {error}") from None
     return SweepFile(name, description, origin, text, sweeps, scale)
+
+
+def builtin(name: str, model: str, grid: dict[str, Any] | None = None) -> SweepFile:
+    """A built-in experiment's sweeps for one model as a sweep file, with `grid`'s axes set."""
+    from rotsweep.experiments import get_experiment
+
+    experiment = get_experiment(name)
+    experiment.sweep(model)  # a model the experiment does not accept: its own error
+    return parse(to_toml(experiment, model), origin=f"the built-in experiment {name}", grid=grid)
+
+
+def _set_axes(data: dict, grid: dict[str, Any]) -> None:
+    """Put each of `grid`'s axes into every product of the file (replacing one of the same name)."""
+    tables = [data] + [data[scale] for scale in SCALES if isinstance(data.get(scale), dict)]
+    placed = False
+    for table in tables:
+        if isinstance(table.get("grid"), list):
+            products = [block.setdefault("axes", {}) for block in table["grid"] if isinstance(block, dict)]
+        elif isinstance(table.get("axes"), dict):
+            products = [table["axes"]]
+        else:
+            continue
+        for axes in products:
+            axes.update(grid)
+        placed = True
+    if not placed:
+        data["axes"] = dict(grid)
 
 
 # --- Reading one sweep ---------------------------------------------------------------------
@@ -339,6 +372,9 @@ def _value(name: str, value: Any, origin: str, where: str) -> Any:
         if not _is_number(value) or not value > 0:
             raise UserError(f"{origin}: {where}: {name} values must be positive numbers, got {value!r}")
         return float(value)
+    if name == "seed":
+        raise UserError(f"{origin}: {where}: the seeds are not a field to set or sweep here; "
+                        "list them in seeds = [0, 1, ...] (or on the command line)")
     if name not in FIELD_NAMES:
         raise UserError(f"{origin}: {where}: unknown RunConfig field {name!r}{_did_you_mean(name, FIELD_NAMES)}; "
                         "`rotsweep presets --json` shows every field (or name a variant axis: a list of "

@@ -273,3 +273,55 @@ def test_file_sweep_runs_then_a_new_shell_manages_it_without_the_file(tmp_path):
     again = json.loads(relaunch.stdout)
     assert (again["submitted_runs"], again["already_done"]) == (0, 4)
     assert not (elsewhere / "sweeps").exists()  # the recorded directory, not a new one
+
+
+# --- Axes on the command line ----------------------------------------------------------------
+
+
+def dry_run(*args) -> dict:
+    result = cli("launch", *args, "--dry-run", "--json", "--executor", "local")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_grid_replaces_a_builtin_axis_keeping_its_eta_lambda_line():
+    report = dry_run("eta-lambda", "--model", "resnet20", "--scale", "tiny", "--grid", "lr=0.5,2.0")
+    assert report["axes"] == {"optimizer": ["AdamW", "RV-AdamW"], "lr": [0.5, 2.0]}
+    configs = [run["config"] for run in report["runs"]]
+    assert [(c["lr"], c["rotational"]) for c in configs] == [(0.5, False), (2.0, False), (0.5, True), (2.0, True)]
+    assert all(c["weight_decay"] == 5e-3 / c["lr"] for c in configs)  # the tiny sweep's η·λ = 5e-3
+
+
+def test_grid_adds_an_axis_and_takes_ranges(tmp_path):
+    path = write(tmp_path, TINY.replace("LRS", "[0.01]"))
+    report = dry_run(path, "--grid", "beta1=linspace:0.8:0.9:3", "--grid", "lr=logspace:1e-3:1e-1:3")
+    assert report["axes"] == {"optimizer": ["AdamW", "RV-AdamW"], "lr": [1e-3, 1e-2, 0.1], "beta1": [0.8, 0.85, 0.9]}
+    assert len(report["runs"]) == 18
+    builtin = dry_run("weight-std", "--model", "resnet18-ln", "--scale", "tiny", "--grid", "batch_size=32,64")
+    assert len(builtin["runs"]) == 2 * 9 and builtin["axes"]["batch_size"] == [32, 64]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["eta-lambda", "--model", "resnet20", "--set", "lr=0.01"], "lr is swept by the grid of eta-lambda"),
+    (["eta-lambda", "--model", "resnet20", "--set", "weight_decay=0.1"], "--grid weight_decay=V1,V2"),
+    (["eta-lambda", "--model", "resnet20", "--grid", "weight_decay=0.1"], "weight_decay is also given by eta_lambda"),
+    (["eta-lambda", "--model", "resnet20", "--grid", "lr"], "malformed --grid 'lr'"),
+    (["eta-lambda", "--model", "resnet20", "--grid", "seed=0,1"], "list them in seeds"),
+    (["eta-lambda", "--model", "resnet20", "--grid", "rotational=false,true"], "both set 'rotational'"),
+])
+def test_set_on_an_axis_and_bad_grids_are_one_line(args, message):
+    result = cli("launch", *args, "--scale", "tiny", "--dry-run")
+    assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output, result.output
+    assert result.output.strip().count("\n") == 0
+
+
+def test_a_changed_grid_is_another_sweep_and_is_relaunched_with_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    path = write(tmp_path, TINY.replace("LRS", "[0.01]"))
+    plan = launch.make_file_plan(sweepfile.load(path), out=sweep, axes={"lr": [0.02, 0.03]})
+    launch.update_manifest(plan, "local", None)  # as a launch records it, without running anything
+    assert store.read_manifest(sweep)["axes_changed"] == {"lr": [0.02, 0.03]}
+    again = launch.make_relaunch_plan(sweep)
+    assert [run.config.run_id for run in again.runs] == [run.config.run_id for run in plan.runs]
+    with pytest.raises(UserError, match="holds another sweep"):
+        launch.make_file_plan(sweepfile.load(path), out=sweep)

@@ -188,6 +188,16 @@ class Sweep:
                  if value != defaults[name]}
         return sorted(names - {"seed"})
 
+    def swept_fields(self) -> set[str]:
+        """The RunConfig fields that differ between the points: fixing one would collapse an axis."""
+        defaults = {name: value for name, value in RunConfig(steps=1).to_dict().items() if name != "steps"}
+        swept = set()
+        for name in {name for point in self.points for name in point.changes}:
+            values = {repr({**defaults, **self.base, **point.changes}.get(name)) for point in self.points}
+            if len(values) > 1:
+                swept.add(name)
+        return swept
+
     def axes(self) -> dict[str, list]:
         """The values each axis takes: numbers ascending, named settings in the order declared."""
         axes: dict[str, list] = {}
