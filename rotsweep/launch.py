@@ -332,6 +332,7 @@ class Plan:
     sweep_file: dict | None = None
     grid: Sweep | None = None  # what the runs were expanded from (a launch plans again under the sweep's lock)
     axes_changed: dict = field(default_factory=dict)  # axes added or replaced ({name: axis as a sweep file writes it})
+    experiment_model: str | None = None  # the built-in's model the grid comes from (`model` is what the runs train)
 
     @property
     def to_submit(self) -> list[PlannedRun]:
@@ -374,8 +375,11 @@ def make_plan(
         grid = sweepfile.builtin(experiment, model, grid=axes).sweep(scale)
     else:
         grid = get_experiment(experiment).sweep(model, scale)
-    plan = plan_sweep(grid, experiment, model, scale, out=out, seeds=seeds, overrides=overrides,
+    # The sweep is named after the model its runs train (`--set model=vgg13` makes a VGG sweep);
+    # the experiment's own model is recorded when they differ, for a relaunch of the directory.
+    plan = plan_sweep(grid, experiment, None, scale, out=out, seeds=seeds, overrides=overrides,
                       rerun_failed=rerun_failed, axes_changed=axes)
+    plan.experiment_model = model
     return plan
 
 
@@ -414,8 +418,9 @@ def make_relaunch_plan(
     axes = manifest.get("axes_changed")
     recorded = manifest.get("sweep_file")
     if recorded is None:
-        return make_plan(manifest["experiment"], manifest["model"], scale=manifest["scale"], out=sweep, seeds=seeds,
-                         overrides=overrides, rerun_failed=rerun_failed, axes=axes)
+        return make_plan(manifest["experiment"], manifest.get("experiment_model", manifest["model"]),
+                         scale=manifest["scale"], out=sweep, seeds=seeds, overrides=overrides,
+                         rerun_failed=rerun_failed, axes=axes)
     origin = f"{recorded['path']} (as recorded in {Path(sweep) / store.MANIFEST_FILE})"
     plan = make_file_plan(sweepfile.parse(recorded["text"], origin=origin), scale=manifest["scale"], out=sweep,
                           seeds=seeds, overrides=overrides, rerun_failed=rerun_failed, axes=axes)
@@ -571,7 +576,7 @@ def submit(
         # decide again under the lock, so that each run is submitted by one launch only.
         again = plan_sweep(plan.grid, plan.experiment, plan.model, plan.scale, out=plan.sweep, seeds=plan.seeds,
                            overrides=plan.overrides, rerun_failed=plan.rerun_failed, axes_changed=plan.axes_changed)
-        again.sweep_file = plan.sweep_file
+        again.sweep_file, again.experiment_model = plan.sweep_file, plan.experiment_model
         plan = again
         return submit_locked(plan, executor, profile, profile_name, max_parallel, runs_per_job, data_dir)
 
@@ -700,6 +705,8 @@ def update_manifest(plan: Plan, executor: str, profile_name: str | None) -> dict
     manifest["axes"] = plan.axes
     if plan.sweep_file is not None:
         manifest["sweep_file"] = plan.sweep_file  # its latest text: a relaunch from the directory uses it
+    if plan.experiment_model not in (None, plan.model):
+        manifest["experiment_model"] = plan.experiment_model
     manifest["code_version"] = code_version()
     manifest["launches"].append({
         "time": time.time(), "executor": executor, "profile": profile_name,

@@ -325,3 +325,16 @@ def test_a_changed_grid_is_another_sweep_and_is_relaunched_with_it(tmp_path):
     assert [run.config.run_id for run in again.runs] == [run.config.run_id for run in plan.runs]
     with pytest.raises(UserError, match="holds another sweep"):
         launch.make_file_plan(sweepfile.load(path), out=sweep)
+
+
+def test_a_builtin_sweep_is_named_after_the_model_its_runs_train(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    report = dry_run("eta-lambda", "--model", "resnet20", "--scale", "tiny", "--set", "model=vgg13")
+    assert report["model"] == "vgg13" and report["sweep"] == str(Path("sweeps") / "eta-lambda-vgg13-tiny")
+    assert {run["config"]["model"] for run in report["runs"]} == {"vgg13"}
+    plan = launch.make_plan("eta-lambda", "resnet20", scale="tiny", overrides=["model=vgg13"])
+    launch.update_manifest(plan, "local", None)
+    manifest = store.read_manifest(plan.sweep)
+    assert (manifest["model"], manifest["experiment_model"]) == ("vgg13", "resnet20")
+    again = launch.make_relaunch_plan(plan.sweep)
+    assert [run.config.run_id for run in again.runs] == [run.config.run_id for run in plan.runs]
