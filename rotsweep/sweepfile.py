@@ -355,9 +355,7 @@ def _settings(values: dict, origin: str, where: str) -> tuple[dict, dict]:
     fields, derived = {}, {}
     for name, value in values.items():
         if name in DERIVED:
-            if not _is_number(value) or not value > 0:
-                raise UserError(f"{origin}: {where}.{name}: expected a positive number, got {value!r}")
-            derived[name] = float(value)
+            derived[name] = _value(name, value, origin, f"{where}.{name}")
         else:
             fields[name] = _value(name, value, origin, f"{where}.{name}")
     if len(derived) > 1 or (derived and "weight_decay" in fields):
@@ -369,8 +367,10 @@ def _settings(values: dict, origin: str, where: str) -> tuple[dict, dict]:
 def _value(name: str, value: Any, origin: str, where: str) -> Any:
     """A value of field `name` (or of a derived quantity), checked against the field's type."""
     if name in DERIVED:
-        if not _is_number(value) or not value > 0:
-            raise UserError(f"{origin}: {where}: {name} values must be positive numbers, got {value!r}")
+        # η·λ = 0 is no weight decay; a rotation of 0 would need λ = 0 too, but says nothing a target should.
+        if not _is_number(value) or not (value >= 0 if name == "eta_lambda" else value > 0):
+            kind = "a number ≥ 0" if name == "eta_lambda" else "a positive number"
+            raise UserError(f"{origin}: {where}: {name} must be {kind}, got {value!r}")
         return float(value)
     if name == "seed":
         raise UserError(f"{origin}: {where}: the seeds are not a field to set or sweep here; "

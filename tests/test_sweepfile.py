@@ -201,6 +201,10 @@ def test_model_flag_and_missing_file_are_refused(tmp_path):
     assert "--model does not apply to a sweep file" in cli("launch", path, "--model", "gpt2", "--dry-run").output
     assert "no sweep file" in cli("launch", tmp_path / "nope.toml", "--dry-run").output
     assert "--model is required" in cli("launch", "warmup", "--dry-run").output
+    only_tiny = write(tmp_path, 'name = "t"\n[tiny.base]\nsteps = 5\n', name="tiny.toml")
+    assert f"{only_tiny} defines no paper-scale sweep (it has [tiny])" in cli(
+        "launch", only_tiny, "--scale", "paper", "--dry-run").output
+    assert dry_run(only_tiny)["scale"] == "tiny"  # a file's only scale is its default
 
 
 # --- Launching, and later shells without the file ----------------------------------------
