@@ -272,10 +272,23 @@ def prepare_text(
 
 @app.command()
 @reports_user_errors
-def experiments(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+def experiments(
+    name: Optional[str] = typer.Argument(None, help="one experiment (with --toml)"),
+    model: Optional[str] = typer.Option(None, help="with --toml: the model (default: the experiment's first)"),
+    toml: bool = typer.Option(False, "--toml", help="print experiment NAME as a sweep file to copy and change"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
     """List the experiments with the models they accept, their axes and run counts."""
-    from rotsweep.experiments import describe_experiments
+    from rotsweep.experiments import describe_experiments, get_experiment
 
+    if toml or name is not None:
+        from rotsweep import sweepfile
+
+        if not (toml and name):
+            raise UserError("give an experiment and --toml, e.g. `rotsweep experiments eta-lambda --toml`")
+        experiment = get_experiment(name)
+        typer.echo(sweepfile.to_toml(experiment, model or experiment.models[0]), nl=False)
+        return
     described = describe_experiments()
     if as_json:
         print_json(described)
@@ -297,9 +310,13 @@ def experiments(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -
 ))
 @reports_user_errors
 def launch(
-    experiment: str = typer.Argument(..., help="see `rotsweep experiments`"),
-    model: str = typer.Option(..., help="a model the experiment accepts"),
-    scale: Scale = typer.Option(Scale.paper, help="paper (A100 recipes) or tiny (CPU minutes)"),
+    experiment: str = typer.Argument(
+        ..., help="a built-in experiment (`rotsweep experiments`), a sweep file PATH.toml, or a sweep directory to relaunch"
+    ),
+    model: Optional[str] = typer.Option(None, help="a model the experiment accepts (built-in experiments only)"),
+    scale: Optional[Scale] = typer.Option(
+        None, help="paper (A100 recipes) or tiny (CPU minutes); default: paper, or the sweep file's own"
+    ),
     executor: Executor = typer.Option(Executor.slurm, help="a SLURM cluster, or this machine"),
     profile: Optional[str] = typer.Option(
         None, help="cluster profile: NAME of slurm/NAME.toml or a .toml path (default: a100 at paper scale, local at tiny)"
@@ -307,6 +324,10 @@ def launch(
     out: Optional[str] = typer.Option(None, metavar="DIR", help="sweep directory (default: sweeps/EXPERIMENT-MODEL-SCALE)"),
     seeds: Optional[list[int]] = typer.Option(None, "--seeds", metavar="SEED", help="seeds (repeatable; default: the paper's)"),
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a RunConfig field in every run (repeatable)"),
+    grid: list[str] = typer.Option(
+        [], "--grid", metavar="FIELD=VALUES",
+        help="add or replace an axis: FIELD=V1,V2,... or FIELD=logspace:START:STOP:COUNT (or linspace)",
+    ),
     max_parallel: Optional[int] = typer.Option(None, min=1, help="runs at once (SLURM array throttle %N; local pool size)"),
     runs_per_job: int = typer.Option(1, min=1, help="pack several runs into one job"),
     rerun_failed: bool = typer.Option(False, "--rerun-failed", help="also resubmit runs that raised an error"),
@@ -317,13 +338,11 @@ def launch(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; submit nothing"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Launch an experiment's sweep; relaunching submits only what is not done."""
+    """Launch an experiment's sweep or a sweep file; relaunching submits only what is not done."""
     from rotsweep import launch as launcher
 
-    plan = launcher.make_plan(
-        experiment, model, scale=scale.value, out=None if out is None else output_dir(out), seeds=seeds or None,
-        overrides=set_, rerun_failed=rerun_failed,
-    )
+    plan = _plan_launch(experiment, model, _value(scale), None if out is None else output_dir(out), seeds or None,
+                        set_, rerun_failed, _grid_axes(grid))
     if dry_run:
         report = launcher.dry_run_report(plan, executor=executor.value, profile_name=profile, max_parallel=max_parallel,
                                          runs_per_job=runs_per_job, gpus_per_run=gpus_per_run,
@@ -352,6 +371,49 @@ def launch(
         )
         for problem in plan.problems:
             typer.echo(f"problem: {problem}")
+
+
+def _grid_axes(items: list[str]) -> dict:
+    """--grid lr=0.1,0.2 / lr=logspace:1e-4:1:9 as sweep-file axes: {"lr": [0.1, 0.2]}, {"lr": {"logspace": [...]}}."""
+    from rotsweep.config import parse_assignments
+
+    axes = {}
+    for item in items:
+        name, sep, raw = (part.strip() for part in item.partition("="))
+        if not sep or not name or not raw:
+            raise UserError(f"malformed --grid {item!r}: write FIELD=V1,V2,... or FIELD=logspace:START:STOP:COUNT, "
+                            "e.g. --grid lr=1e-3,1e-2")
+        kind, colon, bounds = raw.partition(":")
+        if colon and kind in ("logspace", "linspace"):
+            values = [parse_assignments([f"x={part}"])["x"] for part in bounds.split(":")]
+            axes[name] = {kind: values}
+        else:
+            axes[name] = [parse_assignments([f"x={part.strip()}"])["x"] for part in raw.split(",")]
+    return axes
+
+
+def _plan_launch(target: str, model, scale, out, seeds, overrides, rerun_failed, axes):
+    """A built-in experiment by name, a sweep file (.toml), or an existing sweep directory (relaunched)."""
+    from rotsweep import launch as launcher, store, sweepfile
+
+    path = Path(target)
+    if target.endswith(".toml") or path.is_file():
+        if model is not None:
+            raise UserError(f"--model does not apply to a sweep file: set model in the [base] of {target}")
+        return launcher.make_file_plan(sweepfile.load(path), scale=scale, out=out, seeds=seeds, overrides=overrides,
+                                       rerun_failed=rerun_failed, axes=axes)
+    if (path / store.MANIFEST_FILE).is_file():
+        if model is not None or scale is not None or out is not None or axes:
+            raise UserError(f"{target} is a sweep directory: relaunch it without --model, --scale, --out or --grid "
+                            "(they are recorded in it)")
+        return launcher.make_relaunch_plan(path, seeds=seeds, overrides=overrides, rerun_failed=rerun_failed)
+    if model is None:
+        from rotsweep.experiments import get_experiment
+
+        models = ", ".join(get_experiment(target).models)
+        raise UserError(f"--model is required for the built-in experiment {target}; choose one of: {models}")
+    return launcher.make_plan(target, model, scale=scale or "paper", out=out, seeds=seeds, overrides=overrides,
+                              rerun_failed=rerun_failed, axes=axes)
 
 
 @app.command(epilog=examples(

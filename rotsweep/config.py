@@ -290,6 +290,18 @@ def _coerce(name: str, value: Any) -> Any:
     raise UserError(f"RunConfig field {name!r} expects {names}, got {value!r}")
 
 
+def field_value(name: str, value: Any) -> Any:
+    """`value` as RunConfig field `name` holds it (an int where a float is expected becomes a float).
+
+    A UserError names the field and the expected type when the value has the wrong
+    type; `name` must be a field (see FIELD_NAMES).
+    """
+    return _coerce(name, value)
+
+
+FIELD_NAMES = tuple(_FIELDS)
+
+
 def parse_assignments(assignments: list[str]) -> dict[str, Any]:
     """Parse ["lr=0.1", "model=resnet18", "tiny=true"] into a dict; a malformed item is a UserError."""
     values: dict[str, Any] = {}

@@ -50,10 +50,11 @@ from pathlib import Path
 
 import submitit
 
-from rotsweep import __version__, store
+from rotsweep import __version__, store, sweepfile
 from rotsweep.config import RunConfig, parse_assignments
 from rotsweep.errors import UserError
-from rotsweep.experiments import get_experiment
+from rotsweep.experiments import Sweep, get_experiment
+from rotsweep.sweepfile import SweepFile
 
 try:
     import tomllib
@@ -435,6 +436,11 @@ class Plan:
     runs: list[PlannedRun] = field(default_factory=list)
     rerun_failed: bool = False
     problems: list[str] = field(default_factory=list)  # unreadable run files, as "run_id: file: reason"
+    # A sweep file's path and text, recorded in the manifest so that later commands need no file.
+    sweep_file: dict | None = None
+    grid: Sweep | None = None  # what the runs were expanded from (a launch plans again under the sweep's lock)
+    axes_changed: dict = field(default_factory=dict)  # axes added or replaced ({name: axis as a sweep file writes it})
+    experiment_model: str | None = None  # the built-in's model the grid comes from (`model` is what the runs train)
 
     @property
     def to_submit(self) -> list[PlannedRun]:
@@ -445,8 +451,11 @@ class Plan:
         return [run for run in self.runs if run.state.state in store.FINISHED_STATUSES]
 
     def manifest_identity(self) -> dict:
+        # Changed axes are part of what a sweep is; recorded only when there are some, so
+        # that sweeps launched before axes could change keep their identity.
         return {"experiment": self.experiment, "model": self.model, "scale": self.scale,
-                "seeds": self.seeds, "overrides": self.overrides}
+                "seeds": self.seeds, "overrides": self.overrides,
+                **({"axes_changed": self.axes_changed} if self.axes_changed else {})}
 
 
 def default_sweep_dir(experiment: str, model: str, scale: str) -> Path:
@@ -462,39 +471,117 @@ def make_plan(
     seeds: list[int] | None = None,
     overrides: list[str] = (),
     rerun_failed: bool = False,
+    axes: dict | None = None,
 ) -> Plan:
     """Expand the experiment's grid and decide, run by run, what to submit. Writes nothing.
 
     Every config is checked as a job would check it (model, data set and their options),
     so that a dry run refuses what a launch would only find out on the nodes.
+    axes: {name: axis as a sweep file writes it} replacing or adding axes (rotsweep.sweepfile).
     """
-    from rotsweep.data import check_dataset
-    from rotsweep.models import check_model
-
     if scale not in SCALES:
         raise UserError(f"unknown scale {scale!r}; choose paper or tiny")
-    spec = get_experiment(experiment)
-    configs = [config.with_overrides(list(overrides)) for config in spec.runs(model, scale=scale, seeds=seeds)]
+    if axes:
+        grid = sweepfile.builtin(experiment, model, grid=axes).sweep(scale)
+    else:
+        grid = get_experiment(experiment).sweep(model, scale)
+    # The sweep is named after the model its runs train (`--set model=vgg13` makes a VGG sweep);
+    # the experiment's own model is recorded when they differ, for a relaunch of the directory.
+    plan = plan_sweep(grid, experiment, None, scale, out=out, seeds=seeds, overrides=overrides,
+                      rerun_failed=rerun_failed, axes_changed=axes)
+    plan.experiment_model = model
+    return plan
+
+
+def make_file_plan(
+    sweep_file: SweepFile,
+    *,
+    scale: str | None = None,
+    out: Path | None = None,
+    seeds: list[int] | None = None,
+    overrides: list[str] = (),
+    rerun_failed: bool = False,
+    axes: dict | None = None,
+) -> Plan:
+    """As make_plan, for a sweep file (rotsweep.sweepfile); scale None is the file's own. Writes nothing."""
+    if axes:
+        sweep_file = sweepfile.parse(sweep_file.text, origin=sweep_file.origin, grid=axes)
+    scale = scale or sweep_file.default_scale
+    grid = sweep_file.sweep(scale)
+    plan = plan_sweep(grid, sweep_file.name, None, scale, out=out, seeds=seeds,
+                      overrides=overrides, rerun_failed=rerun_failed, axes_changed=axes)
+    plan.sweep_file = {"path": sweep_file.origin, "text": sweep_file.text}
+    return plan
+
+
+def make_relaunch_plan(
+    sweep: Path, *, seeds: list[int] | None = None, overrides: list[str] = (), rerun_failed: bool = False
+) -> Plan:
+    """The plan of an existing sweep directory, from its manifest alone (no sweep file needed).
+
+    The seeds and overrides default to the recorded ones; a sweep file's grid is
+    the text recorded at its last launch.
+    """
+    manifest = load_sweep(sweep)
+    seeds = seeds if seeds is not None else manifest.get("seeds")
+    overrides = list(overrides) or manifest.get("overrides", [])
+    axes = manifest.get("axes_changed")
+    recorded = manifest.get("sweep_file")
+    if recorded is None:
+        return make_plan(manifest["experiment"], manifest.get("experiment_model", manifest["model"]),
+                         scale=manifest["scale"], out=sweep, seeds=seeds, overrides=overrides,
+                         rerun_failed=rerun_failed, axes=axes)
+    origin = f"{recorded['path']} (as recorded in {Path(sweep) / store.MANIFEST_FILE})"
+    plan = make_file_plan(sweepfile.parse(recorded["text"], origin=origin), scale=manifest["scale"], out=sweep,
+                          seeds=seeds, overrides=overrides, rerun_failed=rerun_failed, axes=axes)
+    plan.sweep_file = recorded
+    return plan
+
+
+def plan_sweep(
+    grid: Sweep,
+    experiment: str,
+    model: str | None,
+    scale: str,
+    *,
+    out: Path | None = None,
+    seeds: list[int] | None = None,
+    overrides: list[str] = (),
+    rerun_failed: bool = False,
+    axes_changed: dict | None = None,
+) -> Plan:
+    """Decide, run by run, what to submit of a grid named experiment / model / scale. Writes nothing.
+
+    model None: the model the runs train (several joined by "+"), after the overrides.
+    """
+    collapsed = sorted(set(parse_assignments(list(overrides))) & grid.swept_fields())
+    if collapsed:
+        raise UserError(f"{collapsed[0]} is swept by the grid of {experiment}: a --set would give every run one value; "
+                        f"change its values with --grid {collapsed[0]}=V1,V2,... instead")
+    configs = [config.with_overrides(list(overrides)) for config in grid.runs(seeds)]
     unique = list({config.run_id: config for config in configs}.values())
     if not unique:
         raise UserError(f"the grid of {experiment} for {model} at {scale} scale is empty; check --seeds and --set")
+    from rotsweep.data import check_dataset
+    from rotsweep.models import check_model
+
     for config in unique:
         check_model(config.model, config.model_options)
         check_dataset(config.dataset, config.dataset_options)
+    model = model or "+".join(sorted({config.model for config in unique}))
     sweep = Path(out) if out is not None else default_sweep_dir(experiment, model, scale)
     store.check_output_dir(sweep)
     # The sweep's identity is what it computes, however it was spelled: the default seeds given
     # explicitly are the default, `--set "steps= 1200"` is `--set steps=1200`.
-    default_seeds = spec.sweep(model, scale).seeds
-    plan = Plan(experiment, model, scale, sweep, canonical_seeds(seeds, default_seeds), canonical_overrides(overrides),
-                spec.axes(model, scale), rerun_failed=rerun_failed)
+    plan = Plan(experiment, model, scale, sweep, canonical_seeds(seeds, grid.seeds), canonical_overrides(overrides),
+                grid.axes(), rerun_failed=rerun_failed, grid=grid, axes_changed=dict(axes_changed or {}))
 
     manifest = read_manifest_checked(sweep)
     if manifest is not None:
         recorded = {key: manifest.get(key) for key in plan.manifest_identity()}
-        recorded["seeds"] = canonical_seeds(recorded["seeds"], default_seeds)
+        recorded["seeds"] = canonical_seeds(recorded["seeds"], grid.seeds)
         recorded["overrides"] = canonical_overrides(recorded["overrides"] or [])
-        if recorded != plan.manifest_identity():
+        if recorded != plan.manifest_identity() or (manifest.get("axes_changed") or {}) != plan.axes_changed:
             raise UserError(
                 f"{sweep} holds another sweep ({manifest['experiment']} {manifest['model']} {manifest['scale']}, "
                 f"seeds {manifest.get('seeds')}, --set {manifest.get('overrides')}); choose another --out"
@@ -718,8 +805,10 @@ def submit(
     with sweep_lock(plan.sweep):
         # Another launch into this sweep may have submitted since `plan` was made:
         # decide again under the lock, so that each run is submitted by one launch only.
-        plan = make_plan(plan.experiment, plan.model, scale=plan.scale, out=plan.sweep, seeds=plan.seeds,
-                         overrides=plan.overrides, rerun_failed=plan.rerun_failed)
+        again = plan_sweep(plan.grid, plan.experiment, plan.model, plan.scale, out=plan.sweep, seeds=plan.seeds,
+                           overrides=plan.overrides, rerun_failed=plan.rerun_failed, axes_changed=plan.axes_changed)
+        again.sweep_file, again.experiment_model = plan.sweep_file, plan.experiment_model
+        plan = again
         return submit_locked(plan, executor, profile, profile_name, max_parallel, runs_per_job, data_dir)
 
 
@@ -843,6 +932,10 @@ def update_manifest(plan: Plan, executor: str, profile_name: str | None) -> dict
     known = set(manifest["runs"])
     manifest["runs"] += [run.config.run_id for run in plan.runs if run.config.run_id not in known]
     manifest["axes"] = plan.axes
+    if plan.sweep_file is not None:
+        manifest["sweep_file"] = plan.sweep_file  # its latest text: a relaunch from the directory uses it
+    if plan.experiment_model not in (None, plan.model):
+        manifest["experiment_model"] = plan.experiment_model
     manifest["code_version"] = code_version()
     manifest["launches"].append({
         "time": time.time(), "executor": executor, "profile": profile_name,

@@ -202,6 +202,24 @@ def expected_rotation(optimizer, lr, weight_decay, *, beta1=0.9, beta2=0.999, mo
     return (_step_fraction(optimizer, beta1=beta1, beta2=beta2, momentum=momentum) * shrink) ** 0.5
 
 
+def weight_decay_for_rotation(optimizer, lr, eta_r, *, beta1=0.9, beta2=0.999, momentum=0.9):
+    """The λ whose equilibrium rotation at learning rate `lr` is `eta_r` (Table 1, solved for λ).
+
+    η̂_r² = f·s is proportional to λ wherever it needs the hyperparameters only
+    (AdamW: λ = η̂_r²(1+β1)/(2η(1−β1)); SGDM: λ = η̂_r²(1+α)/(2η); Lion:
+    λ = η̂_r²/(πηK)), so λ = η̂_r² / η̂_r(λ = 1)². Adam+ℓ2's η̂_r also depends on
+    the gradient (eq. 94): no λ gives one rotation for every layer.
+    """
+    _check_optimizer(optimizer)
+    if optimizer == "adam-l2":
+        raise UserError("η̂_r of adam-l2 depends on each layer's gradient norms (Table 1, eq. 94), so no single "
+                        "weight decay gives it; sweep weight_decay or eta_lambda instead")
+    if not eta_r > 0:
+        raise UserError(f"eta_r={eta_r} must be a positive rotation in radians per step")
+    per_unit_decay = expected_rotation(optimizer, lr, 1.0, beta1=beta1, beta2=beta2, momentum=momentum)
+    return eta_r**2 / per_unit_decay**2
+
+
 def predict(optimizer, lr, weight_decay, *, dim=None, beta1=0.9, beta2=0.999, momentum=0.9, grad_sq=None,
             grad_l1=None, exact=False) -> dict:
     """All equilibrium predictions: eta_g, eta_r, norm (Table 1), tau_g, tau_r (Table 6).

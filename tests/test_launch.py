@@ -194,14 +194,15 @@ def test_another_sweep_in_the_same_directory_is_refused_and_nothing_changes(tmp_
 def test_status_reports_failed_diverged_and_done_runs(tmp_path):
     # SGDM at lr 1e4 diverges; a missing CIFAR directory makes the run raise (tiny scale does not check data).
     diverging = tmp_path / "diverging"
+    # lr and η·λ are axes of eta-lambda: fixed with --grid (a --set is refused). η·λ = 0: no weight decay.
     launch_json("eta-lambda", "--model", "resnet20", "--scale", "tiny", "--executor", "local", "--out", diverging,
-                "--max-parallel", "1", *FAST, "--set", "optimizer=sgdm", "--set", "lr=1e4", "--set", "weight_decay=0",
+                "--max-parallel", "1", *FAST, "--set", "optimizer=sgdm", "--grid", "lr=1e4", "--grid", "eta_lambda=0",
                 "--set", "warmup_steps=0")
     failing = tmp_path / "failing"
     launch_json("eta-lambda", "--model", "resnet20", "--scale", "tiny", "--executor", "local", "--out", failing,
                 "--max-parallel", "1", *FAST, *TO_CIFAR, "--data-dir", tmp_path / "no-data")
     diverged = wait_until_stopped(diverging)
-    assert diverged["counts"] == {"diverged": 2}  # with lr and wd fixed, each optimizer's 4 points are one run
+    assert diverged["counts"] == {"diverged": 2}  # one lr: SGDM and RV-SGDM
     failed = wait_until_stopped(failing)
     assert failed["counts"] == {"failed": RUNS}
     assert all("CIFAR-10 not found" in run["detail"] for run in failed["runs"])

@@ -54,22 +54,46 @@ TINY_FULL_EVAL = {"eval_batches": None}
 
 @dataclass(frozen=True)
 class Axis:
-    """One swept quantity: the values reported by `axes()` and the RunConfig changes each one makes."""
+    """One swept quantity: the values reported by `axes()` and the RunConfig changes each one makes.
+
+    labels: where one value labels a point on several axes at once (a zipped
+    axis of a sweep file: lr and batch size moving together), the labels of
+    each value; None means {name: value}.
+    eta_lambda: set for an lr axis along a line of constant η·λ (`along_eta_lambda`),
+    so that a sweep file can write the axis as it was meant (rotsweep.sweepfile).
+    """
 
     name: str
     values: tuple
     changes: tuple[dict, ...]
+    labels: tuple[dict, ...] | None = None
+    eta_lambda: float | None = None
+
+    def label(self, index: int) -> dict:
+        return dict(self.labels[index]) if self.labels is not None else {self.name: self.values[index]}
 
 
 def axis(name: str, values: Iterable, changes: Callable[[Any], dict] | None = None) -> Axis:
     """An axis whose value sets the field `name`, or the fields returned by `changes(value)`.
 
-    `axis("lr", lrs, lambda lr: {"lr": lr, "weight_decay": 5e-4 / lr})` sweeps
-    the learning rate along a line of constant η·λ (Figure 4).
+    `axis("width", [32, 64], lambda w: {"model_options": {"width": w}})` sweeps
+    a model option; `along_eta_lambda` sweeps lr along a line of constant η·λ.
     """
     values = tuple(values)
     make = changes or (lambda value: {name: value})
     return Axis(name, values, tuple(make(value) for value in values))
+
+
+def weight_decay_at_eta_lambda(eta_lambda: float, lr: float) -> float:
+    """λ = η·λ / η: the weight decay that keeps AdamW's η̂_r = sqrt(2ηλ(1−β1)/(1+β1)) fixed (Table 1)."""
+    return eta_lambda / lr
+
+
+def along_eta_lambda(eta_lambda: float, lrs: Iterable[float]) -> Axis:
+    """The lr axis along which λ = eta_lambda / η (Figure 4): a line of constant η̂_r for AdamW."""
+    lrs = tuple(lrs)
+    changes = tuple({"lr": lr, "weight_decay": weight_decay_at_eta_lambda(eta_lambda, lr)} for lr in lrs)
+    return Axis("lr", lrs, changes, eta_lambda=eta_lambda)
 
 
 def choice(name: str, options: Mapping[str, dict]) -> Axis:
@@ -88,6 +112,9 @@ class Point:
     labels: dict
     changes: dict
     seeds: tuple[int, ...] | None = None
+    # The axes of the product this point belongs to (None for a point made by hand): lets
+    # rotsweep.sweepfile print a sweep as the products it was written as.
+    grid: tuple[Axis, ...] | None = field(default=None, compare=False, repr=False)
 
 
 def sources(*parts: Mapping[str, str]) -> dict[str, str]:
@@ -102,18 +129,18 @@ def sources(*parts: Mapping[str, str]) -> dict[str, str]:
 
 def with_seeds(points: list[Point], seeds: tuple[int, ...]) -> list[Point]:
     """The same points, run by default with `seeds` instead of their sweep's."""
-    return [Point(point.labels, point.changes, tuple(seeds)) for point in points]
+    return [Point(point.labels, point.changes, tuple(seeds), point.grid) for point in points]
 
 
 def product(*axes: Axis) -> list[Point]:
     """Every combination of the axes' values, the last axis varying fastest."""
     points = []
-    for combination in itertools.product(*(zip(a.values, a.changes) for a in axes)):
+    for combination in itertools.product(*(range(len(a.values)) for a in axes)):
         labels, changes = {}, {}
-        for a, (value, value_changes) in zip(axes, combination):
-            labels[a.name] = value
-            changes.update(value_changes)
-        points.append(Point(labels, changes))
+        for a, index in zip(axes, combination):
+            labels.update(a.label(index))
+            changes.update(a.changes[index])
+        points.append(Point(labels, changes, grid=axes))
     return points
 
 
@@ -160,6 +187,16 @@ class Sweep:
         names = {name for config in self.runs() for name, value in config.to_dict().items()
                  if value != defaults[name]}
         return sorted(names - {"seed"})
+
+    def swept_fields(self) -> set[str]:
+        """The RunConfig fields that differ between the points: fixing one would collapse an axis."""
+        defaults = {name: value for name, value in RunConfig(steps=1).to_dict().items() if name != "steps"}
+        swept = set()
+        for name in {name for point in self.points for name in point.changes}:
+            values = {repr({**defaults, **self.base, **point.changes}.get(name)) for point in self.points}
+            if len(values) > 1:
+                swept.add(name)
+        return swept
 
     def axes(self) -> dict[str, list]:
         """The values each axis takes: numbers ascending, named settings in the order declared."""

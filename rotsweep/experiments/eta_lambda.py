@@ -31,17 +31,12 @@ scripts (they produced the figures):
 
 from __future__ import annotations
 
-from rotsweep.experiments import TINY_FULL_EVAL, Experiment, Sweep, axis, choice, product
+from rotsweep.experiments import TINY_FULL_EVAL, Experiment, Sweep, along_eta_lambda, choice, product
 from rotsweep.presets import PAPER_PRESET_SOURCES, PRESETS
 
 ADAMW = {"optimizer": "adamw"}
 RV_ADAMW = {"optimizer": "adamw", "rotational": True}
 RV_ADAMW_GAIN = {**RV_ADAMW, "gain": True}
-
-
-def at_fixed_eta_lambda(eta_lambda: float, lrs: list[float]):
-    """The lr axis along which λ = eta_lambda / η."""
-    return axis("lr", lrs, lambda lr: {"lr": lr, "weight_decay": eta_lambda / lr})
 
 
 # --- ResNet-20 on CIFAR-10 (Figure 4) ---------------------------------------------------------
@@ -55,7 +50,7 @@ RESNET20_PAPER = Sweep(
           "min_lr": 0.0},
     points=product(
         choice("optimizer", {"AdamW": ADAMW, "RV-AdamW": RV_ADAMW}),
-        at_fixed_eta_lambda(RESNET20_ETA_LAMBDA, RESNET20_LRS),
+        along_eta_lambda(RESNET20_ETA_LAMBDA, RESNET20_LRS),
     ),
     seeds=(0, 1, 2),
     sources=PAPER_PRESET_SOURCES["c10-resnet20-adamw-b128"] | {
@@ -77,7 +72,7 @@ RESNET20_TINY = Sweep(
     base={**PRESETS["tiny-resnet20-adamw"], **TINY_FULL_EVAL, "val_split": True, "warmup_start_lr": 0.0, "min_lr": 0.0},
     points=product(
         choice("optimizer", {"AdamW": ADAMW, "RV-AdamW": RV_ADAMW}),
-        at_fixed_eta_lambda(RESNET20_TINY_ETA_LAMBDA, [1e-4, 1e-3, 1e-2, 1e-1, 1.0]),
+        along_eta_lambda(RESNET20_TINY_ETA_LAMBDA, [1e-4, 1e-3, 1e-2, 1e-1, 1.0]),
     ),
     seeds=(0,),
 )
@@ -91,8 +86,8 @@ GPT2_RV_LRS = [3e-5, 9e-5, 2.7e-4, 8.3e-4, 2.5e-3, 5e-3, 1e-2, 3e-2, 9e-2, 0.27,
 GPT2_PAPER = Sweep(
     base=PRESETS["wiki-gpt2-adamw"],
     points=[
-        *product(choice("optimizer", {"AdamW": ADAMW}), at_fixed_eta_lambda(GPT2_ETA_LAMBDA, GPT2_ADAMW_LRS)),
-        *product(choice("optimizer", {"RV-AdamW": RV_ADAMW_GAIN}), at_fixed_eta_lambda(GPT2_ETA_LAMBDA, GPT2_RV_LRS)),
+        *product(choice("optimizer", {"AdamW": ADAMW}), along_eta_lambda(GPT2_ETA_LAMBDA, GPT2_ADAMW_LRS)),
+        *product(choice("optimizer", {"RV-AdamW": RV_ADAMW_GAIN}), along_eta_lambda(GPT2_ETA_LAMBDA, GPT2_RV_LRS)),
     ],
     seeds=(0, 1, 2),
     sources=PAPER_PRESET_SOURCES["wiki-gpt2-adamw"] | {
@@ -110,7 +105,7 @@ GPT2_TINY = Sweep(
     base=PRESETS["tiny-gpt2-adamw"],
     points=product(
         choice("optimizer", {"AdamW": ADAMW, "RV-AdamW": RV_ADAMW_GAIN}),
-        at_fixed_eta_lambda(GPT2_ETA_LAMBDA, [1e-3, 1e-2, 1e-1, 1.0]),
+        along_eta_lambda(GPT2_ETA_LAMBDA, [1e-3, 1e-2, 1e-1, 1.0]),
     ),
     seeds=(0,),
 )
