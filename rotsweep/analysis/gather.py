@@ -929,6 +929,7 @@ def gather(sweep: str | os.PathLike, *, full: bool = False, batch_rows: int = BA
     sweep_name = root.name
     _refuse_outputs_outside(sweep, root)
     results = sweep / RESULTS_DIR
+    store.check_output_dir(results)  # a results/ that is a file: one line, before any run is read
     outputs = output_paths(sweep)
 
     problems: list[Problem] = []
