@@ -10,8 +10,8 @@ import time
 import pytest
 
 from rotsweep import launch
-from rotsweep.demo import (QUICK_EXPERIMENTS, QUICK_OVERRIDES, QUICK_SEEDS, RANDOM_WALK_TOLERANCE, RANDOM_WALKS,
-                           VERDICTS, run_demo, sweep_dir, sweep_seeds, walk_dir, walks_dir)
+from rotsweep.demo import (FINDING_SEEDS, QUICK_EXPERIMENTS, QUICK_OVERRIDES, QUICK_SEEDS, RANDOM_WALK_TOLERANCE,
+                           RANDOM_WALKS, VERDICTS, demo_sweeps, run_demo, sweep_dir, walk_dir, walks_dir)
 from rotsweep.errors import UserError
 
 FINDINGS = {"randomwalk", "layer_spread", "no_transient", "warmup", "weight_standardization"}
@@ -28,6 +28,21 @@ def numbers_in(value) -> list[float]:
     return []
 
 
+def test_demo_sweeps_launch_the_findings_with_several_seeds(tmp_path):
+    """The warmup and no-transient verdicts need at least three seeds (issue 9); every finding at least two."""
+    sweeps = {sweep.experiment: sweep for sweep in demo_sweeps(tmp_path, quick=False)}
+    assert len(sweeps["warmup"].seeds) >= 3 and len(sweeps["eta-lambda"].seeds) >= 3
+    for experiment, seeds in FINDING_SEEDS.items():
+        assert len(sweeps[experiment].plan().runs) == len(seeds) * len(launch.make_plan(
+            experiment, sweeps[experiment].model, scale="tiny", out=tmp_path / "one", seeds=[0]).runs)
+    assert sweeps["imbalance"].seeds is None  # figures only: the sweep's own seeds
+    # The quick demo's overrides come last, so its short runs win over the full demo's settings.
+    quick = {sweep.experiment: sweep for sweep in demo_sweeps(tmp_path, quick=True)}
+    assert all(sweep.plan().runs[0].config.steps == 60 and sweep.plan().runs[0].config.eval_batches == 4
+               for sweep in quick.values())
+    assert sweeps["warmup"].plan().runs[0].config.eval_batches == 32
+
+
 def test_bad_arguments_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="executor"):
         run_demo(tmp_path, executor="cloud")
@@ -38,7 +53,7 @@ def test_bad_arguments_are_user_errors(tmp_path):
 def test_quick_demo_end_to_end_then_again_submits_nothing(tmp_path):
     first = run_demo(tmp_path, quick=True, max_parallel=2, progress=False)
     total_runs = sum(len(launch.make_plan(experiment, model, scale="tiny", out=sweep_dir(tmp_path, experiment, model, True),
-                                          seeds=sweep_seeds(experiment, True), overrides=QUICK_OVERRIDES).runs)
+                                          seeds=QUICK_SEEDS, overrides=QUICK_OVERRIDES).runs)
                      for experiment, model in QUICK_EXPERIMENTS)
     assert first.submitted == total_runs
     for experiment, model in QUICK_EXPERIMENTS:
