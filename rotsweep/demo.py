@@ -324,6 +324,11 @@ class Finding:
     def verdict(self) -> str:
         return self.effect.verdict
 
+    @property
+    def line(self) -> str:
+        """The numbers, then the effect with its spread and margin."""
+        return f"{self.measured}; {self.effect.describe()}"
+
 
 def _finite(value) -> bool:
     return value is not None and isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value)
@@ -376,7 +381,7 @@ def finding_randomwalk(walks: dict[int, dict[str, dict]]) -> Finding:
                      for name, result in by_name.items()}
               for seed, by_name in walks.items()}
     effect = Effect({seed: RANDOM_WALK_TOLERANCE - max(abs(r - 1) for by_key in by_name.values() for r in by_key.values())
-                     for seed, by_name in ratios.items()}, "(tolerance − worst |ratio − 1|)")
+                     for seed, by_name in ratios.items()}, "(tolerance − worst distance of a ratio from 1)")
     first = next(iter(walks.values()), {})  # every seed runs the same walks
     mean_ratio = {name: {key: float(np.mean([by_name[name][key] for by_name in ratios.values()]))
                          for key in ("eta_r", "norm")} for name in first}
@@ -386,8 +391,7 @@ def finding_randomwalk(walks: dict[int, dict[str, dict]]) -> Finding:
         "randomwalk", "randomwalk",
         f"the random walk's equilibrium rotation η_r and norm match Table 1 within {RANDOM_WALK_TOLERANCE:.0%} for "
         "every optimizer",
-        f"measured / Table 1, mean over {len(walks)} seeds: {measured} (Lion β2 {betas.get('lion')}); "
-        f"{effect.describe()}", effect,
+        f"measured / Table 1, mean over {len(walks)} seeds: {measured} (Lion β2 {betas.get('lion')})", effect,
         {"ratios_by_seed": ratios, "mean_ratios": mean_ratio, "beta2": betas, "tolerance": RANDOM_WALK_TOLERANCE},
     )
 
@@ -426,7 +430,7 @@ def finding_layer_spread(runs: pd.DataFrame, layers: pd.DataFrame) -> Finding:
     return Finding(
         "layer_spread", "adam-vs-adamw",
         "AdamW rotates all layers alike, Adam+ℓ2's per-layer rotation spreads over an order of magnitude",
-        f"{measured}; {effect.describe()}", effect, {"per_seed": per_seed, "mean_over_seeds": summary},
+        measured, effect, {"per_seed": per_seed, "mean_over_seeds": summary},
     )
 
 
@@ -487,7 +491,7 @@ def finding_no_transient(runs: pd.DataFrame, layers: pd.DataFrame, dynamics: pd.
     return Finding(
         "no_transient", "eta-lambda",
         "the RV has no transient: from the start it rotates near η̂_r, while AdamW only approaches it",
-        f"{measured}; {effect.describe()}", effect,
+        measured, effect,
         {"early_ratio_by_seed": per_seed, "early_ratio_by_lr": mean_ratio, "early_fraction": EARLY_FRACTION},
     )
 
@@ -523,7 +527,7 @@ def finding_warmup(runs: pd.DataFrame) -> Finding:
     return Finding(
         "warmup", "warmup",
         "removing warmup hurts AdamW more than RV-AdamW (the RV has no transient to keep in check)",
-        f"{measured}; {effect.describe()}", effect, {"per_seed": per_seed, "mean_over_seeds": summary},
+        measured, effect, {"per_seed": per_seed, "mean_over_seeds": summary},
     )
 
 
@@ -556,7 +560,7 @@ def finding_weight_standardization(runs: pd.DataFrame) -> Finding:
     return Finding(
         "weight_standardization", "weight-std",
         "Weight Standardization narrows the spread of per-neuron rotation (as the RV does by construction)",
-        f"{measured}; {effect.describe()}", effect,
+        measured, effect,
         {"imbalance_neurons_by_seed": per_seed, "imbalance_neurons_by_lr": mean_pair},
     )
 
@@ -720,7 +724,7 @@ def write_report(out: Path, *, wall_s: float, quick: bool, findings: list[Findin
         lines += [f"- **This run:** {sections[section]}"] if section in sections else []
         for finding in findings:
             if finding.experiment == section:
-                lines.append(f"- **Finding ({finding.verdict}):** {finding.paper}. Measured: {finding.measured}.")
+                lines.append(f"- **Finding ({finding.verdict}):** {finding.paper}. Measured: {finding.line}.")
         for path in figures.get(section, []):
             lines += ["", f"![{path.stem}]({path.relative_to(out).as_posix()})"]
     report = out / "report.md"
@@ -770,12 +774,12 @@ def run_demo(out: Path, *, executor: str = "local", quick: bool = False, max_par
     findings_file = out / "findings.json"
     store.write_json(findings_file, _clean({
         "quick": quick, "wall_s": wall_s,
-        "findings": {f.key: {"experiment": f.experiment, "paper": f.paper, "measured": f.measured,
+        "findings": {f.key: {"experiment": f.experiment, "paper": f.paper, "measured": f.line,
                              "verdict": f.verdict, "effect": f.effect.numbers(), "numbers": f.numbers}
                      for f in found},
     }))
     say(f"report: {report}\nfindings: {findings_file}\n"
-        + "\n".join(f"  {f.verdict:28s} {f.key}: {f.measured}" for f in found))
+        + "\n".join(f"  {f.verdict:28s} {f.key}: {f.line}" for f in found))
     print(f"demo wall time: {wall_s:.0f} s ({wall_s / 60:.1f} min)")
     return DemoReport(out, wall_s, report, findings_file, found, submitted, pngs,
                       {section: d.skipped for section, d in drawn.items()})
