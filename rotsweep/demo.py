@@ -1,6 +1,6 @@
 """`rotsweep demo`: the paper in miniature on a laptop CPU, from launch to report.
 
-    report = run_demo(Path("demo"))      # ~13 minutes on 2 idle cores; DIR/report.md, DIR/findings.json
+    report = run_demo(Path("demo"))      # ~14 minutes on 2 idle cores; DIR/report.md, DIR/findings.json
 
 The demo is the paper's pipeline at tiny scale, through the same code that runs it
 at paper scale on SLURM:
@@ -71,12 +71,13 @@ RANDOM_WALKS = {
 }
 # The experiments the findings are measured on (section 4) and their seeds: a verdict's margin
 # comes from the spread of its effect over seeds, so they need several (`rotsweep launch
-# --seeds`; the tiny sweeps' default is one). Three for the two findings on the transient
-# (warmup, no transient); two, the fewest with a spread, for the ResNet-18 sweeps, which cost
-# the most. The other sweeps draw figures only and keep their default seed. CPU time per run,
-# single-threaded: GPT2 5.5 s, ResNet-20 9.3 s, ResNet-18 10-12 s; with the random walks
-# (~75 s per seed) and gather, the demo needs ~26 min of CPU, ~13 min on two idle cores.
-FINDING_SEEDS = {"eta-lambda": (0, 1, 2), "warmup": (0, 1, 2), "adam-vs-adamw": (0, 1), "weight-std": (0, 1)}
+# --seeds`; the tiny sweeps' default is one). With two seeds the margin is 9 times the spread
+# (t₀.₉₇₅(1) = 12.7), with three 2.5 times: three where the time allows, two (the fewest with
+# a spread) for the 18-run Adam+ℓ2 / AdamW heatmap, the costliest sweep. The other sweeps draw
+# figures only and keep their default seed. CPU time per run, single-threaded: GPT2 5.5 s,
+# ResNet-20 9.3 s, ResNet-18 10-12 s; with the random walks (~75 s per seed) and gather, the
+# demo needs ~27 min of CPU, ~14 min on two idle cores.
+FINDING_SEEDS = {"eta-lambda": (0, 1, 2), "warmup": (0, 1, 2), "adam-vs-adamw": (0, 1), "weight-std": (0, 1, 2)}
 WALK_SEEDS = (0, 1)  # each random walk, twice
 # The warmup finding compares final losses a hundredth of a nat apart, evaluated on the tiny
 # preset's 8 batches (4k tokens; every run of a seed sees the same ones). That is enough: on
