@@ -121,7 +121,10 @@ class DemoSweep:
     overrides: tuple[str, ...]
 
     def plan(self) -> launch.Plan:
-        return launch.make_plan(self.experiment, self.model, scale="tiny", out=self.path, seeds=self.seeds,
+        # Lists, as the CLI passes them: the manifest (JSON) records them as lists and a later
+        # launch must find the same identity there.
+        seeds = None if self.seeds is None else list(self.seeds)
+        return launch.make_plan(self.experiment, self.model, scale="tiny", out=self.path, seeds=seeds,
                                 overrides=list(self.overrides))
 
 
