@@ -571,7 +571,7 @@ def finding_weight_standardization(runs: pd.DataFrame) -> Finding:
 
 def measure_findings(walks: dict[int, dict[str, dict]], sweeps: dict[str, Path]) -> list[Finding]:
     """Every finding of the issue, measured from the random walks and the gathered sweeps."""
-    from rotsweep.analysis.gather import read_results
+    from rotsweep.analysis.gather import read_dynamics, read_results
 
     def tables(experiment: str, *names: str) -> list[pd.DataFrame]:
         return [read_results(sweeps[experiment], name) for name in names]
@@ -579,7 +579,9 @@ def measure_findings(walks: dict[int, dict[str, dict]], sweeps: dict[str, Path])
     return [
         finding_randomwalk(walks),
         finding_layer_spread(*tables("adam-vs-adamw", "runs", "layers")),
-        finding_no_transient(*tables("eta-lambda", "runs", "layers", "dynamics")),
+        # Only the rows the finding reads: the dynamics table of a sweep can be large.
+        finding_no_transient(*tables("eta-lambda", "runs", "layers"),
+                             read_dynamics(sweeps["eta-lambda"], stats=["angular_update"], reductions=["mean"])),
         finding_warmup(*tables("warmup", "runs")),
         finding_weight_standardization(*tables("weight-std", "runs")),
     ]

@@ -6,10 +6,10 @@ on η and λ only through their product (Table 1): for AdamW
 the equilibrium rotation fixed and changes only the transient (eq. 16: how
 far and how fast the norm must travel to its equilibrium ‖ω̂‖ = sqrt(ηC/2λ))
 and the update size of biases and gains (η̂_g ∝ η). The rotational variant
-has no transient, so it should be the less sensitive of the two (Figure 4L,
-Figure 14), though not insensitive: §5.2 notes that its performance also
-varies quite a bit along η·λ = const, since η still sets the updates of the
-biases and gains. Figure 4M/R show the norm and rotation over time for three
+has no transient, so the part of the sensitivity that comes from the transient
+is absent (Figure 4L, Figure 14); it is not insensitive: §5.2 notes that its
+performance also varies quite a bit along η·λ = const, since η still sets the
+updates of the biases and gains. Figure 4M/R show the norm and rotation over time for three
 of the AdamW runs (η = 1e-4, 8.3e-3, 0.3).
 
 Paper scale (official 5_2 lr-vs-wd and appx_J_3 scripts):
