@@ -554,11 +554,13 @@ def plan_sweep(
 
     model None: the model the runs train (several joined by "+"), after the overrides.
     """
+    # Applied first, so that a value no run may take is named as such; then refused if it
+    # would collapse an axis of the grid.
+    configs = [config.with_overrides(list(overrides)) for config in grid.runs(seeds)]
     collapsed = sorted(set(parse_assignments(list(overrides))) & grid.swept_fields())
     if collapsed:
         raise UserError(f"{collapsed[0]} is swept by the grid of {experiment}: a --set would give every run one value; "
                         f"change its values with --grid {collapsed[0]}=V1,V2,... instead")
-    configs = [config.with_overrides(list(overrides)) for config in grid.runs(seeds)]
     unique = list({config.run_id: config for config in configs}.values())
     if not unique:
         raise UserError(f"the grid of {experiment} for {model} at {scale} scale is empty; check --seeds and --set")
