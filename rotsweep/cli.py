@@ -405,7 +405,7 @@ def gather(
 
 
 plot_app = typer.Typer(
-    help="Draw the paper's figures into SWEEP/figures/ (PNG and PDF), from the tables of `rotsweep gather`.",
+    help="Draw the paper's figures into SWEEP/figures/ (PNG and PDF, or --format), from the tables of `rotsweep gather`.",
     no_args_is_help=True, rich_markup_mode=None,
     epilog=examples(
         "rotsweep gather sweeps/adam-vs-adamw-resnet18-tiny",
@@ -420,10 +420,28 @@ METRIC_HELP = "the final metric to show (default: accuracy, else validation loss
 SWEEP_HELP = "sweep directory (default: the newest sweep in sweeps/ with the data)"
 
 
-def _sweep_for(figure: str, sweep: Optional[Path]) -> Path:
+FORMAT_HELP = "figure files to write, comma-separated: png, pdf, svg"
+DPI_HELP = "resolution of the PNG files in dots per inch"
+
+
+def _figures():
+    """rotsweep.analysis.figures with matplotlib on Agg: the CLI only writes files (no display on
+    cluster nodes or in CI). The library itself leaves the backend alone (notebooks)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     from rotsweep.analysis import figures
 
-    return sweep if sweep is not None else figures.find_sweep(figure)
+    return figures
+
+
+def _files(formats: str, dpi: int):
+    """--format and --dpi as the FigureFiles of rotsweep.analysis.figures."""
+    return _figures().FigureFiles(tuple(kind.strip().lower() for kind in formats.split(",") if kind.strip()), dpi)
+
+
+def _sweep_for(figure: str, sweep: Optional[Path]) -> Path:
+    return sweep if sweep is not None else _figures().find_sweep(figure)
 
 
 def _value(choice: Optional[Enum]) -> Optional[str]:
@@ -439,11 +457,11 @@ def _echo_paths(paths) -> None:
 def plot_heatmap(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
+    format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
+    dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
     """Figure 6 left: metric over the lr x weight-decay grid with η̂_r contours."""
-    from rotsweep.analysis import figures
-
-    _echo_paths(figures.plot_heatmap(_sweep_for("heatmap", sweep), _value(metric)))
+    _echo_paths(_figures().plot_heatmap(_sweep_for("heatmap", sweep), _value(metric), _files(format_, dpi)))
 
 
 @plot_app.command("lr-sweep")
@@ -451,11 +469,11 @@ def plot_heatmap(
 def plot_lr_sweep(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
+    format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
+    dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
     """Figures 4L, 5M/R, 7L, 14: metric against learning rate per variant."""
-    from rotsweep.analysis import figures
-
-    _echo_paths(figures.plot_lr_sweep(_sweep_for("lr-sweep", sweep), _value(metric)))
+    _echo_paths(_figures().plot_lr_sweep(_sweep_for("lr-sweep", sweep), _value(metric), _files(format_, dpi)))
 
 
 @plot_app.command("curves")
@@ -464,11 +482,11 @@ def plot_curves(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
     run: list[str] = typer.Option([], "--run", help="run ids (repeatable; default: the best run per variant)"),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
+    format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
+    dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
     """Figure 5 left: loss curves."""
-    from rotsweep.analysis import figures
-
-    _echo_paths(figures.plot_curves(_sweep_for("curves", sweep), run or None, _value(metric)))
+    _echo_paths(_figures().plot_curves(_sweep_for("curves", sweep), run or None, _value(metric), _files(format_, dpi)))
 
 
 @plot_app.command("dynamics")
@@ -479,11 +497,12 @@ def plot_dynamics(
     layer: list[str] = typer.Option([], "--layer", help="weight names (repeatable; default: all)"),
     neurons: bool = typer.Option(False, "--neurons", help="per-neuron rotation of one layer (Figure 7R)"),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
+    format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
+    dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
     """Figures 3, 4M/R, 6R, 7R, 13: norms and rotation over training, predictions dashed."""
-    from rotsweep.analysis import figures
-
-    _echo_paths(figures.plot_dynamics(_sweep_for("dynamics", sweep), run or None, layer or None, neurons, _value(metric)))
+    _echo_paths(_figures().plot_dynamics(_sweep_for("dynamics", sweep), run or None, layer or None, neurons,
+                                         _value(metric), _files(format_, dpi)))
 
 
 @plot_app.command("imbalance")
@@ -491,36 +510,38 @@ def plot_dynamics(
 def plot_imbalance(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
+    format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
+    dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
     """Figure 16: metric against the imbalanced portion p, factor f and width."""
-    from rotsweep.analysis import figures
-
-    _echo_paths(figures.plot_imbalance(_sweep_for("imbalance", sweep), _value(metric)))
+    _echo_paths(_figures().plot_imbalance(_sweep_for("imbalance", sweep), _value(metric), _files(format_, dpi)))
 
 
 @plot_app.command("randomwalk")
 @reports_user_errors
 def plot_randomwalk(
     directory: Optional[Path] = typer.Argument(None, help="directory of random-walk outputs (default: sweeps/randomwalk)"),
+    format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
+    dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
     """Figure 9: the random walk of Appendix F against Table 1."""
-    from rotsweep.analysis import figures
-
-    _echo_paths(figures.plot_randomwalk(_sweep_for("randomwalk", directory)))
+    _echo_paths(_figures().plot_randomwalk(_sweep_for("randomwalk", directory), _files(format_, dpi)))
 
 
 @plot_app.command("all")
 @reports_user_errors
-def plot_all(sweep: Path = typer.Argument(..., help="a gathered sweep directory, or a random-walk directory")) -> None:
+def plot_all(
+    sweep: Path = typer.Argument(..., help="a gathered sweep directory, or a random-walk directory"),
+    format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
+    dpi: int = typer.Option(150, min=1, help=DPI_HELP),
+) -> None:
     """Every figure the sweep's data supports.
 
     Exit code 0 when at least one figure was drawn, 1 when the sweep has data for
     none of them yet (each skip is explained), 2 for a directory that is not a
     gathered sweep.
     """
-    from rotsweep.analysis import figures
-
-    drawn = figures.plot_all(sweep)
+    drawn = _figures().plot_all(sweep, _files(format_, dpi))
     typer.echo(drawn.format())
     if not drawn.paths:
         typer.echo(f"error: no figure drawn from {sweep}", err=True)
@@ -537,6 +558,8 @@ def demo(
 ) -> None:
     """The paper in miniature: every tiny sweep, the figures and the measured findings in OUT/report.md."""
     from rotsweep.demo import run_demo
+
+    _figures()  # the demo draws figures: Agg, as for `plot`
 
     try:
         run_demo(output_dir(out), executor=executor.value, quick=quick, max_parallel=max_parallel)

@@ -93,9 +93,9 @@ import torch
 from torch.linalg import vector_norm
 
 from rotsweep.errors import UserError
+from rotsweep.store import FAN_IN  # a constant of each weight: the size C of one neuron's weight vector
 
 STATS = ("norm", "angular_update", "rms_update", "grad_norm", "radial")
-FAN_IN = "fan_in"  # a constant of each weight: the size C of one neuron's weight vector
 NEURON_REDUCTIONS = ("mean", "rms", "std", "min", "max")
 COLUMNS = ("step", "param", "stat", "reduction", "neuron", "value")
 

@@ -122,6 +122,10 @@ CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.parquet"
 DYNAMICS_DIR = "dynamics.parquet"  # a directory of part files, one per checkpoint
+# The dynamics rows' `stat` of a weight's fan-in C (the size of one neuron's weight vector), a
+# constant per weight. Here and not in rotsweep.dynamics (which writes it) so that the analysis,
+# which reads it, does not import torch.
+FAN_IN = "fan_in"
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.txt"
 

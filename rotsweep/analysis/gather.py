@@ -106,9 +106,9 @@ import pyarrow.parquet as pq
 from rotsweep import config as config_module
 from rotsweep import schedule, store, theory
 from rotsweep.config import RunConfig
-from rotsweep.dynamics import FAN_IN
 from rotsweep.errors import UserError
 from rotsweep.schedule import learning_rate
+from rotsweep.store import FAN_IN
 
 SCHEMA_VERSION = 3
 SCHEMA_VERSION_KEY = b"rotsweep.schema_version"
