@@ -48,6 +48,16 @@ class Optimizer(str, Enum):
     lion = "lion"
 
 
+class KeepCheckpoints(str, Enum):
+    all = "all"
+    last = "last"
+    none = "none"
+
+
+KEEP_HELP = ("what a finished run keeps of its checkpoint: all, last (the final weights, without the optimizer "
+             "state) or none")
+
+
 class Metric(str, Enum):
     val_top1 = "val_top1"
     val_loss = "val_loss"
@@ -292,6 +302,7 @@ def launch(
     runs_per_job: int = typer.Option(1, min=1, help="pack several runs into one job"),
     rerun_failed: bool = typer.Option(False, "--rerun-failed", help="also resubmit runs that raised an error"),
     data_dir: Optional[Path] = typer.Option(None, help="data sets root on the nodes (default: $ROTSWEEP_DATA_DIR)"),
+    keep_checkpoints: KeepCheckpoints = typer.Option(KeepCheckpoints.last, help=KEEP_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; submit nothing"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -312,7 +323,7 @@ def launch(
         return
     submission = launcher.submit(
         plan, executor=executor.value, profile_name=profile, max_parallel=max_parallel, runs_per_job=runs_per_job,
-        data_dir=str(data_dir) if data_dir else None,
+        data_dir=str(data_dir) if data_dir else None, keep_checkpoints=keep_checkpoints.value,
     )
     summary = {
         "sweep": str(plan.sweep), "submitted_runs": submission.runs, "jobs": submission.jobs,
@@ -366,6 +377,27 @@ def cancel(sweep: Path = typer.Argument(..., help="sweep directory")) -> None:
     typer.echo(f"cancelled {len(cancelled)} job(s): {' '.join(cancelled) or '-'}")
 
 
+@app.command(epilog=examples(
+    "rotsweep clean sweeps/eta-lambda-resnet20-tiny --dry-run",
+    "rotsweep clean sweeps/eta-lambda-resnet20-tiny --keep-checkpoints none",
+))
+@reports_user_errors
+def clean(
+    sweep: Path = typer.Argument(..., help="sweep directory"),
+    keep_checkpoints: KeepCheckpoints = typer.Option(KeepCheckpoints.last, help=KEEP_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="report what would be freed; delete nothing"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Free the checkpoints of finished runs; running and unfinished runs are never touched."""
+    from rotsweep.clean import clean as clean_sweep
+
+    report = clean_sweep(sweep, keep_checkpoints.value, dry_run=dry_run)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        typer.echo(report.format())
+
+
 @app.command()
 @reports_user_errors
 def logs(
@@ -402,6 +434,32 @@ def gather(
         print_json(report.to_dict())
     else:
         typer.echo(report.format())
+
+
+class TableFormat(str, Enum):
+    md = "md"
+    latex = "latex"
+    csv = "csv"
+    json = "json"
+
+
+@app.command(epilog=examples(
+    "rotsweep table sweeps/zero-shot-resnet20-tiny",
+    "rotsweep table sweeps/eta-lambda-resnet20-tiny --by lr --metric val_loss --format latex",
+))
+@reports_user_errors
+def table(
+    sweep: Path = typer.Argument(..., help="a gathered sweep directory"),
+    by: list[str] = typer.Option([], "--by", metavar="FIELD",
+                                 help="RunConfig fields of the rows beside the variant (repeatable; default: lr and "
+                                      "weight_decay where they vary; zero-shot sweeps: the layout of Tables 2 and 3)"),
+    metric: Optional[Metric] = typer.Option(None, help="the metric (default: accuracy, else validation loss)"),
+    format_: TableFormat = typer.Option(TableFormat.md, "--format", help="output format"),
+) -> None:
+    """Mean ± std over seeds of the final and best metric per variant and setting, the best marked."""
+    from rotsweep.analysis.table import format_table
+
+    typer.echo(format_table(sweep, by or None, _value(metric), format_.value))
 
 
 plot_app = typer.Typer(

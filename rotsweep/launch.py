@@ -51,6 +51,7 @@ from pathlib import Path
 import submitit
 
 from rotsweep import __version__, store
+from rotsweep.clean import DEFAULT_KEEP, check_keep
 from rotsweep.config import RunConfig, parse_assignments
 from rotsweep.errors import UserError
 from rotsweep.experiments import get_experiment
@@ -549,15 +550,17 @@ class RunJob(submitit.helpers.Checkpointable):
     checkpoint, and finished runs are skipped.
     """
 
-    def __init__(self, run_dirs: list[str], data_dir: str | None = None, threads: int | None = None):
+    def __init__(self, run_dirs: list[str], data_dir: str | None = None, threads: int | None = None,
+                 keep_checkpoints: str = DEFAULT_KEEP):
         self.run_dirs = run_dirs
         self.data_dir = data_dir
         self.threads = threads
+        self.keep_checkpoints = keep_checkpoints  # what a finished run keeps of its checkpoint (rotsweep.clean)
 
     def __call__(self) -> dict[str, str]:
         import torch
 
-        from rotsweep import train
+        from rotsweep import clean, train
 
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
         if threads:
@@ -569,6 +572,8 @@ class RunJob(submitit.helpers.Checkpointable):
             config = RunConfig.load(Path(run_dir) / store.CONFIG_FILE)
             try:
                 results[config.run_id] = train.run(config, run_dir, data_dir=self.data_dir)
+                if results[config.run_id] in store.FINISHED_STATUSES:
+                    clean.apply(run_dir, getattr(self, "keep_checkpoints", DEFAULT_KEEP))
             except Exception as error:  # recorded in the run's status.json and log.txt
                 results[config.run_id] = "failed"
                 failures.append(f"{config.run_id}: {type(error).__name__}: {error}")
@@ -648,9 +653,13 @@ def submit(
     max_parallel: int | None = None,
     runs_per_job: int = 1,
     data_dir: str | None = None,
+    keep_checkpoints: str = DEFAULT_KEEP,
 ) -> Submission:
-    """Submit the plan's runs; returns as soon as the scheduler has them."""
+    """Submit the plan's runs; returns as soon as the scheduler has them. keep_checkpoints: what
+    each run keeps of its checkpoint once finished (rotsweep.clean; not a RunConfig field, so
+    no run_id depends on it)."""
     check_submission_options(executor, max_parallel, runs_per_job)
+    check_keep(keep_checkpoints)
     profile = load_profile(profile_name or default_profile(plan.scale))
     if executor == "slurm":
         check_slurm_reachable()
@@ -661,23 +670,25 @@ def submit(
         # decide again under the lock, so that each run is submitted by one launch only.
         plan = make_plan(plan.experiment, plan.model, scale=plan.scale, out=plan.sweep, seeds=plan.seeds,
                          overrides=plan.overrides, rerun_failed=plan.rerun_failed)
-        return submit_locked(plan, executor, profile, profile_name, max_parallel, runs_per_job, data_dir)
+        return submit_locked(plan, executor, profile, profile_name, max_parallel, runs_per_job, data_dir,
+                             keep_checkpoints)
 
 
 def submit_locked(
     plan: Plan, executor: str, profile: dict, profile_name: str | None, max_parallel: int | None,
-    runs_per_job: int, data_dir: str | None,
+    runs_per_job: int, data_dir: str | None, keep_checkpoints: str = DEFAULT_KEEP,
 ) -> Submission:
     """submit()'s work, done while holding the sweep's lock."""
     runs = plan.to_submit
     packed = packing(executor, len(runs), max_parallel, runs_per_job)
     max_parallel = packed.max_parallel
     groups = pack(runs, packed.runs_per_job)
-    jobs_to_make = [RunJob([str(run.run_dir) for run in group], data_dir, packed.threads) for group in groups]
+    jobs_to_make = [RunJob([str(run.run_dir) for run in group], data_dir, packed.threads, keep_checkpoints)
+                    for group in groups]
     for job in jobs_to_make:
         pickle.dumps(job)  # fail here, not on the node, if something cannot be pickled
 
-    manifest = update_manifest(plan, executor, profile_name)
+    manifest = update_manifest(plan, executor, profile_name, keep_checkpoints)
     for run in runs:
         ready_for_submission(run)
     if not groups:
@@ -770,7 +781,7 @@ def ready_for_submission(run: PlannedRun) -> None:
         store.write_status(run.run_dir, "pending", resubmitted_after=run.state.state)
 
 
-def update_manifest(plan: Plan, executor: str, profile_name: str | None) -> dict:
+def update_manifest(plan: Plan, executor: str, profile_name: str | None, keep_checkpoints: str = DEFAULT_KEEP) -> dict:
     manifest = store.read_manifest(plan.sweep) or {
         **plan.manifest_identity(),
         "created": time.time(),
@@ -783,7 +794,7 @@ def update_manifest(plan: Plan, executor: str, profile_name: str | None) -> dict
     manifest["axes"] = plan.axes
     manifest["code_version"] = code_version()
     manifest["launches"].append({
-        "time": time.time(), "executor": executor, "profile": profile_name,
+        "time": time.time(), "executor": executor, "profile": profile_name, "keep_checkpoints": keep_checkpoints,
         "submitted": [run.config.run_id for run in plan.to_submit],
     })
     store.write_manifest(plan.sweep, manifest)

@@ -127,6 +127,7 @@ DYNAMICS_DIR = "dynamics.parquet"  # a directory of part files, one per checkpoi
 # which reads it, does not import torch.
 FAN_IN = "fan_in"
 CHECKPOINT_FILE = "checkpoint.pt"
+WEIGHTS_FILE = "weights.pt"  # a finished run's final weights, when its checkpoint was dropped (rotsweep.clean)
 LOG_FILE = "log.txt"
 
 RUN_STATUSES = ("pending", "running", "done", "diverged", "failed", "preempted")

@@ -118,3 +118,9 @@ def test_bad_group_field_is_one_line_error(sweep):
     result = rotsweep("table", sweep, "--by", "learning_rate")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "learning_rate" in result.stderr and "lr" in result.stderr
+
+
+def test_cli_formats_are_the_librarys():
+    from rotsweep import cli
+
+    assert [choice.value for choice in cli.TableFormat] == list(table.FORMATS)
