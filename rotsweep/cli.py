@@ -48,6 +48,16 @@ class Optimizer(str, Enum):
     lion = "lion"
 
 
+class KeepCheckpoints(str, Enum):
+    all = "all"
+    last = "last"
+    none = "none"
+
+
+KEEP_HELP = ("what a finished run keeps of its checkpoint: all, last (the final weights, without the optimizer "
+             "state) or none")
+
+
 class Metric(str, Enum):
     val_top1 = "val_top1"
     val_loss = "val_loss"
@@ -335,6 +345,7 @@ def launch(
     gpus_per_run: Optional[int] = typer.Option(
         None, help="processes (DDP ranks) per run, one GPU each on a GPU profile (default: the profile's, else 1)"),
     nodes_per_run: Optional[int] = typer.Option(None, help="nodes per run (default: the profile's, else 1)"),
+    keep_checkpoints: KeepCheckpoints = typer.Option(KeepCheckpoints.last, help=KEEP_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; submit nothing"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -355,6 +366,7 @@ def launch(
     submission = launcher.submit(
         plan, executor=executor.value, profile_name=profile, max_parallel=max_parallel, runs_per_job=runs_per_job,
         data_dir=str(data_dir) if data_dir else None, gpus_per_run=gpus_per_run, nodes_per_run=nodes_per_run,
+        keep_checkpoints=keep_checkpoints.value,
     )
     summary = {
         "sweep": str(plan.sweep), "submitted_runs": submission.runs, "jobs": submission.jobs,
@@ -451,6 +463,27 @@ def cancel(sweep: Path = typer.Argument(..., help="sweep directory")) -> None:
     typer.echo(f"cancelled {len(cancelled)} job(s): {' '.join(cancelled) or '-'}")
 
 
+@app.command(epilog=examples(
+    "rotsweep clean sweeps/eta-lambda-resnet20-tiny --dry-run",
+    "rotsweep clean sweeps/eta-lambda-resnet20-tiny --keep-checkpoints none",
+))
+@reports_user_errors
+def clean(
+    sweep: Path = typer.Argument(..., help="sweep directory"),
+    keep_checkpoints: KeepCheckpoints = typer.Option(KeepCheckpoints.last, help=KEEP_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="report what would be freed; delete nothing"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Free the checkpoints of finished runs; running and unfinished runs are never touched."""
+    from rotsweep.clean import clean as clean_sweep
+
+    report = clean_sweep(sweep, keep_checkpoints.value, dry_run=dry_run)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        typer.echo(report.format())
+
+
 @app.command()
 @reports_user_errors
 def logs(
@@ -489,8 +522,34 @@ def gather(
         typer.echo(report.format())
 
 
+class TableFormat(str, Enum):
+    md = "md"
+    latex = "latex"
+    csv = "csv"
+    json = "json"
+
+
+@app.command(epilog=examples(
+    "rotsweep table sweeps/zero-shot-resnet20-tiny",
+    "rotsweep table sweeps/eta-lambda-resnet20-tiny --by lr --metric val_loss --format latex",
+))
+@reports_user_errors
+def table(
+    sweep: Path = typer.Argument(..., help="a gathered sweep directory"),
+    by: list[str] = typer.Option([], "--by", metavar="FIELD",
+                                 help="RunConfig fields of the rows beside the variant (repeatable; default: lr and "
+                                      "weight_decay where they vary; zero-shot sweeps: the layout of Tables 2 and 3)"),
+    metric: Optional[Metric] = typer.Option(None, help="the metric (default: accuracy, else validation loss)"),
+    format_: TableFormat = typer.Option(TableFormat.md, "--format", help="output format"),
+) -> None:
+    """Mean ± std over seeds of the final and best metric per variant and setting, the best marked."""
+    from rotsweep.analysis.table import format_table
+
+    typer.echo(format_table(sweep, by or None, _value(metric), format_.value))
+
+
 plot_app = typer.Typer(
-    help="Draw the paper's figures into SWEEP/figures/ (PNG and PDF), from the tables of `rotsweep gather`.",
+    help="Draw the paper's figures into SWEEP/figures/ (PNG and PDF, or --format), from the tables of `rotsweep gather`.",
     no_args_is_help=True, rich_markup_mode=None,
     epilog=examples(
         "rotsweep gather sweeps/adam-vs-adamw-resnet18-tiny",
@@ -505,10 +564,28 @@ METRIC_HELP = "the final metric to show (default: accuracy, else validation loss
 SWEEP_HELP = "sweep directory (default: the newest sweep in sweeps/ with the data)"
 
 
-def _sweep_for(figure: str, sweep: Optional[Path]) -> Path:
+FORMAT_HELP = "figure files to write, comma-separated: png, pdf, svg"
+DPI_HELP = "resolution of the PNG files in dots per inch"
+
+
+def _figures():
+    """rotsweep.analysis.figures with matplotlib on Agg: the CLI only writes files (no display on
+    cluster nodes or in CI). The library itself leaves the backend alone (notebooks)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     from rotsweep.analysis import figures
 
-    return sweep if sweep is not None else figures.find_sweep(figure)
+    return figures
+
+
+def _files(formats: str, dpi: int):
+    """--format and --dpi as the FigureFiles of rotsweep.analysis.figures."""
+    return _figures().FigureFiles(tuple(kind.strip().lower() for kind in formats.split(",") if kind.strip()), dpi)
+
+
+def _sweep_for(figure: str, sweep: Optional[Path]) -> Path:
+    return sweep if sweep is not None else _figures().find_sweep(figure)
 
 
 def _value(choice: Optional[Enum]) -> Optional[str]:
@@ -538,12 +615,12 @@ def _note_gather_problems(sweep: Path) -> None:
 def plot_heatmap(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
+    format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
+    dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
     """Figure 6 left: metric over the lr x weight-decay grid with η̂_r contours."""
-    from rotsweep.analysis import figures
-
     chosen = _sweep_for("heatmap", sweep)
-    _echo_paths(figures.plot_heatmap(chosen, _value(metric)), chosen)
+    _echo_paths(_figures().plot_heatmap(chosen, _value(metric), _files(format_, dpi)), chosen)
 
 
 @plot_app.command("lr-sweep")
@@ -551,12 +628,12 @@ def plot_heatmap(
 def plot_lr_sweep(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
+    format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
+    dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
     """Figures 4L, 5M/R, 7L, 14: metric against learning rate per variant."""
-    from rotsweep.analysis import figures
-
     chosen = _sweep_for("lr-sweep", sweep)
-    _echo_paths(figures.plot_lr_sweep(chosen, _value(metric)), chosen)
+    _echo_paths(_figures().plot_lr_sweep(chosen, _value(metric), _files(format_, dpi)), chosen)
 
 
 @plot_app.command("curves")
@@ -565,12 +642,12 @@ def plot_curves(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
     run: list[str] = typer.Option([], "--run", help="run ids (repeatable; default: the best run per variant)"),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
+    format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
+    dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
     """Figure 5 left: loss curves."""
-    from rotsweep.analysis import figures
-
     chosen = _sweep_for("curves", sweep)
-    _echo_paths(figures.plot_curves(chosen, run or None, _value(metric)), chosen)
+    _echo_paths(_figures().plot_curves(chosen, run or None, _value(metric), _files(format_, dpi)), chosen)
 
 
 @plot_app.command("dynamics")
@@ -581,12 +658,13 @@ def plot_dynamics(
     layer: list[str] = typer.Option([], "--layer", help="weight names (repeatable; default: all)"),
     neurons: bool = typer.Option(False, "--neurons", help="per-neuron rotation of one layer (Figure 7R)"),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
+    format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
+    dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
     """Figures 3, 4M/R, 6R, 7R, 13: norms and rotation over training, predictions dashed."""
-    from rotsweep.analysis import figures
-
     chosen = _sweep_for("dynamics", sweep)
-    _echo_paths(figures.plot_dynamics(chosen, run or None, layer or None, neurons, _value(metric)), chosen)
+    _echo_paths(_figures().plot_dynamics(chosen, run or None, layer or None, neurons,
+                                         _value(metric), _files(format_, dpi)), chosen)
 
 
 @plot_app.command("imbalance")
@@ -594,37 +672,39 @@ def plot_dynamics(
 def plot_imbalance(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
+    format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
+    dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
     """Figure 16: metric against the imbalanced portion p, factor f and width."""
-    from rotsweep.analysis import figures
-
     chosen = _sweep_for("imbalance", sweep)
-    _echo_paths(figures.plot_imbalance(chosen, _value(metric)), chosen)
+    _echo_paths(_figures().plot_imbalance(chosen, _value(metric), _files(format_, dpi)), chosen)
 
 
 @plot_app.command("randomwalk")
 @reports_user_errors
 def plot_randomwalk(
     directory: Optional[Path] = typer.Argument(None, help="directory of random-walk outputs (default: sweeps/randomwalk)"),
+    format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
+    dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
     """Figure 9: the random walk of Appendix F against Table 1."""
-    from rotsweep.analysis import figures
-
-    _echo_paths(figures.plot_randomwalk(_sweep_for("randomwalk", directory)))
+    _echo_paths(_figures().plot_randomwalk(_sweep_for("randomwalk", directory), _files(format_, dpi)))
 
 
 @plot_app.command("all")
 @reports_user_errors
-def plot_all(sweep: Path = typer.Argument(..., help="a gathered sweep directory, or a random-walk directory")) -> None:
+def plot_all(
+    sweep: Path = typer.Argument(..., help="a gathered sweep directory, or a random-walk directory"),
+    format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
+    dpi: int = typer.Option(150, min=1, help=DPI_HELP),
+) -> None:
     """Every figure the sweep's data supports.
 
     Exit code 0 when at least one figure was drawn, 1 when the sweep has data for
     none of them yet (each skip is explained), 2 for a directory that is not a
     gathered sweep.
     """
-    from rotsweep.analysis import figures
-
-    drawn = figures.plot_all(sweep)
+    drawn = _figures().plot_all(sweep, _files(format_, dpi))
     typer.echo(drawn.format())
     _note_gather_problems(sweep)
     if not drawn.paths:
@@ -642,6 +722,8 @@ def demo(
 ) -> None:
     """The paper in miniature: every tiny sweep, the figures and the measured findings in OUT/report.md."""
     from rotsweep.demo import run_demo
+
+    _figures()  # the demo draws figures: Agg, as for `plot`
 
     try:
         run_demo(output_dir(out), executor=executor.value, quick=quick, max_parallel=max_parallel)

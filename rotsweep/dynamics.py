@@ -95,16 +95,12 @@ from torch.linalg import vector_norm
 
 from rotsweep import store
 from rotsweep.errors import UserError
+from rotsweep.store import FAN_IN, PARTS_RECORD  # FAN_IN: a constant of each weight: the size C of one neuron's weight vector
 
 STATS = ("norm", "angular_update", "rms_update", "grad_norm", "radial")
-FAN_IN = "fan_in"  # a constant of each weight: the size C of one neuron's weight vector
 NEURON_REDUCTIONS = ("mean", "rms", "std", "min", "max")
 COLUMNS = ("step", "param", "stat", "reduction", "neuron", "value")
 
-# In a run's dynamics directory, beside its parts: which parts the run wrote (part files are
-# named part-<first step>-<last step>.parquet). The leading "_" keeps Parquet readers of the
-# directory from taking it for data.
-PARTS_RECORD = "_parts.json"
 
 # Rows whose value needs the gradient: left out for a parameter without one.
 _GRAD_STATS = ("grad_norm", "radial")

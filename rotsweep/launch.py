@@ -51,6 +51,7 @@ from pathlib import Path
 import submitit
 
 from rotsweep import __version__, store, sweepfile
+from rotsweep.clean import DEFAULT_KEEP, check_keep
 from rotsweep.config import RunConfig, parse_assignments
 from rotsweep.errors import UserError
 from rotsweep.experiments import Sweep, get_experiment
@@ -676,18 +677,19 @@ class RunJob(submitit.helpers.Checkpointable):
     """
 
     def __init__(self, run_dirs: list[str], data_dir: str | None = None, threads: int | None = None,
-                 local_processes: int = 1):
+                 local_processes: int = 1, keep_checkpoints: str = DEFAULT_KEEP):
         self.run_dirs = run_dirs
         self.data_dir = data_dir
         self.threads = threads
         # Local executor: processes started here per run. On SLURM each task of the job runs
         # this object; its env:// variables come from submitit (distributed.export_slurm_env).
         self.local_processes = local_processes
+        self.keep_checkpoints = keep_checkpoints  # what a finished run keeps of its checkpoint (rotsweep.clean)
 
     def __call__(self) -> dict[str, str]:
         import torch
 
-        from rotsweep import distributed, train
+        from rotsweep import clean, distributed, train
 
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
         if threads:
@@ -706,6 +708,8 @@ class RunJob(submitit.helpers.Checkpointable):
                     results[config.run_id] = store.read_status(Path(run_dir))["status"]
                 else:
                     results[config.run_id] = train.run(config, run_dir, data_dir=self.data_dir)
+                if results[config.run_id] in store.FINISHED_STATUSES:  # safe on every task of a job
+                    clean.apply(run_dir, getattr(self, "keep_checkpoints", DEFAULT_KEEP))
             except distributed.RankLost:
                 raise  # the process group is gone: no later run of this job could start either
             except Exception as error:  # recorded in the run's status.json and log.txt
@@ -792,12 +796,16 @@ def submit(
     data_dir: str | None = None,
     gpus_per_run: int | None = None,
     nodes_per_run: int | None = None,
+    keep_checkpoints: str = DEFAULT_KEEP,
 ) -> Submission:
     """Submit the plan's runs; returns as soon as the scheduler has them.
 
     gpus_per_run / nodes_per_run spread each run over several processes (see run_resources).
+    keep_checkpoints: what each run keeps of its checkpoint once finished (rotsweep.clean; not
+    a RunConfig field, so no run_id depends on it).
     """
     check_submission_options(executor, max_parallel, runs_per_job)
+    check_keep(keep_checkpoints)
     profile = run_resources(load_profile(profile_name or default_profile(plan.scale)), gpus_per_run, nodes_per_run)
     check_divides_accumulation(plan.to_submit, processes_per_run(profile))
     if executor == "slurm":
@@ -811,12 +819,13 @@ def submit(
                            overrides=plan.overrides, rerun_failed=plan.rerun_failed, axes_changed=plan.axes_changed)
         again.sweep_file, again.experiment_model = plan.sweep_file, plan.experiment_model
         plan = again
-        return submit_locked(plan, executor, profile, profile_name, max_parallel, runs_per_job, data_dir)
+        return submit_locked(plan, executor, profile, profile_name, max_parallel, runs_per_job, data_dir,
+                              keep_checkpoints)
 
 
 def submit_locked(
     plan: Plan, executor: str, profile: dict, profile_name: str | None, max_parallel: int | None,
-    runs_per_job: int, data_dir: str | None,
+    runs_per_job: int, data_dir: str | None, keep_checkpoints: str = DEFAULT_KEEP,
 ) -> Submission:
     """submit()'s work, done while holding the sweep's lock."""
     runs = plan.to_submit
@@ -825,12 +834,13 @@ def submit_locked(
     groups = pack(runs, packed.runs_per_job)
     # Locally a job starts each run's processes itself; on SLURM they are the job's tasks.
     local_processes = processes_per_run(profile) if executor == "local" else 1
-    jobs_to_make = [RunJob([str(run.run_dir) for run in group], data_dir, packed.threads, local_processes)
+    jobs_to_make = [RunJob([str(run.run_dir) for run in group], data_dir, packed.threads, local_processes,
+                           keep_checkpoints)
                     for group in groups]
     for job in jobs_to_make:
         pickle.dumps(job)  # fail here, not on the node, if something cannot be pickled
 
-    manifest = update_manifest(plan, executor, profile_name)
+    manifest = update_manifest(plan, executor, profile_name, keep_checkpoints)
     for run in runs:
         ready_for_submission(run)
     if not groups:
@@ -923,7 +933,7 @@ def ready_for_submission(run: PlannedRun) -> None:
         store.write_status(run.run_dir, "pending", resubmitted_after=run.state.state)
 
 
-def update_manifest(plan: Plan, executor: str, profile_name: str | None) -> dict:
+def update_manifest(plan: Plan, executor: str, profile_name: str | None, keep_checkpoints: str = DEFAULT_KEEP) -> dict:
     manifest = store.read_manifest(plan.sweep) or {
         **plan.manifest_identity(),
         "created": time.time(),
@@ -940,7 +950,7 @@ def update_manifest(plan: Plan, executor: str, profile_name: str | None) -> dict
         manifest["experiment_model"] = plan.experiment_model
     manifest["code_version"] = code_version()
     manifest["launches"].append({
-        "time": time.time(), "executor": executor, "profile": profile_name,
+        "time": time.time(), "executor": executor, "profile": profile_name, "keep_checkpoints": keep_checkpoints,
         "submitted": [run.config.run_id for run in plan.to_submit],
     })
     store.write_manifest(plan.sweep, manifest)

@@ -122,7 +122,16 @@ CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.parquet"
 DYNAMICS_DIR = "dynamics.parquet"  # a directory of part files, one per checkpoint
+# In a run's dynamics directory, beside its parts: which parts the run wrote (rotsweep.dynamics;
+# part files are named part-<first step>-<last step>.parquet). The leading "_" keeps Parquet
+# readers of the directory from taking it for data.
+PARTS_RECORD = "_parts.json"
+# The dynamics rows' `stat` of a weight's fan-in C (the size of one neuron's weight vector), a
+# constant per weight. Here and not in rotsweep.dynamics (which writes it) so that the analysis,
+# which reads it, does not import torch.
+FAN_IN = "fan_in"
 CHECKPOINT_FILE = "checkpoint.pt"
+WEIGHTS_FILE = "weights.pt"  # a finished run's final weights, when its checkpoint was dropped (rotsweep.clean)
 LOG_FILE = "log.txt"
 
 RUN_STATUSES = ("pending", "running", "done", "diverged", "failed", "preempted")

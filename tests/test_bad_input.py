@@ -68,7 +68,10 @@ def assert_refused(root: Path, args: list, *fragments: str) -> str:
 def finished(tmp_path_factory) -> Path:
     """A finished, gathered local sweep (read only: tests that change it copy it first)."""
     sweep = tmp_path_factory.mktemp("finished") / "sweep"
-    result = invoke("launch", *SWEEP_ARGS, "--out", sweep, "--max-parallel", "4", *FAST, "--json")
+    # --keep-checkpoints all: tests below damage a finished run's full checkpoint (by default a
+    # finished run keeps only its weights, rotsweep.clean).
+    result = invoke("launch", *SWEEP_ARGS, "--out", sweep, "--max-parallel", "4", *FAST, "--keep-checkpoints", "all",
+                    "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["jobs"] == 3  # 6 runs in a pool of 4: 2 runs per job
     report = wait_until_stopped(sweep)

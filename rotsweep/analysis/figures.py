@@ -10,7 +10,8 @@
     plot_randomwalk  9                                     the files of `rotsweep randomwalk --out`
 
 A figure reads only SWEEP/results/*.parquet (written by `rotsweep gather`), never a run
-directory, and writes SWEEP/figures/<name>.png and .pdf. The random walk is not a sweep:
+directory, and writes SWEEP/figures/<name>.png and .pdf (FigureFiles: also .svg, any dpi) with
+TrueType fonts. The random walk is not a sweep:
 plot_randomwalk reads a directory holding one `rotsweep randomwalk --out` directory per
 optimizer (dynamics.parquet and randomwalk.json). A sweep without the data a figure needs
 is a one-line UserError naming the experiment that produces it, and find_sweep picks the
@@ -50,24 +51,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# No matplotlib.use() here: importing this module in a notebook must leave its backend alone.
+# The CLI chooses Agg (files only) before importing it; every figure here is drawn on a figure
+# object and saved, never shown.
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 
-matplotlib.use("Agg")  # files only: no display on cluster nodes or in CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
-
-from rotsweep import store, theory  # noqa: E402
-from rotsweep.analysis import gather  # noqa: E402
-from rotsweep.config import RunConfig  # noqa: E402
-from rotsweep.errors import UserError  # noqa: E402
-from rotsweep.schedule import learning_rate  # noqa: E402
+from rotsweep import store, theory
+from rotsweep.analysis import gather
+from rotsweep.config import RunConfig
+from rotsweep.errors import UserError
+from rotsweep.schedule import learning_rate
 
 FIGURES_DIR = "figures"
 OPTIMIZER_NAMES = {"adamw": "AdamW", "adam-l2": "Adam+ℓ2", "sgdm": "SGDM", "lion": "Lion"}
@@ -273,9 +274,15 @@ def add_variants(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.assign(variant=pd.concat(named, axis=1).agg(", ".join, axis=1))
 
 
+def variant_order(runs: pd.DataFrame) -> list[str]:
+    """The sweep's variants in the one order every figure uses for its panels, columns and legends
+    (alphabetical: it depends on the variants only, not on the order of the runs in the table)."""
+    return sorted(runs["variant"].unique())
+
+
 def variant_colors(runs: pd.DataFrame) -> dict[str, tuple]:
-    """One colour per variant, the same in every figure of the sweep (variants in alphabetical order)."""
-    variants = sorted(runs["variant"].unique())
+    """One colour per variant, the same in every figure of the sweep (in variant_order)."""
+    variants = variant_order(runs)
     return dict(zip(variants, sns.color_palette("colorblind", len(variants))))
 
 
@@ -328,13 +335,38 @@ def _log_y(*axes: plt.Axes, decades: float = 3.0) -> None:
 # --- Saving and finding sweeps --------------------------------------------------------------
 
 
-def save(fig: plt.Figure, directory: str | os.PathLike, name: str) -> list[Path]:
-    """Write DIRECTORY/figures/NAME.png and .pdf (atomically: a viewer never sees half a file)."""
-    paths = [Path(directory) / FIGURES_DIR / f"{name}.{kind}" for kind in ("png", "pdf")]
-    for path in paths:
-        with store.atomic_path(path) as tmp:
-            fig.savefig(tmp, format=path.suffix[1:], dpi=150, bbox_inches="tight")
-        fig.set_layout_engine("none")  # laid out by the first save: the second keeps it (and half the time)
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
+# Fonts as embedded TrueType (Type 42) in PDF and PostScript: matplotlib's default, Type 3,
+# is rejected by the camera-ready checks of conferences (ICML, NeurIPS).
+EMBEDDED_FONTS = {"pdf.fonttype": 42, "ps.fonttype": 42}
+
+
+@dataclass(frozen=True)
+class FigureFiles:
+    """The files each figure is saved as: one per format, raster formats at `dpi`."""
+
+    formats: tuple[str, ...] = ("png", "pdf")
+    dpi: int = 150
+
+    def __post_init__(self):
+        unknown = [kind for kind in self.formats if kind not in FIGURE_FORMATS]
+        if unknown or not self.formats:
+            raise UserError(f"figure formats {', '.join(unknown) or '(none)'} not supported; "
+                            f"choose one or more of {', '.join(FIGURE_FORMATS)}")
+        if self.dpi < 1:
+            raise UserError(f"dpi {self.dpi} is not a resolution; give a positive number of dots per inch")
+
+
+def save(fig: plt.Figure, directory: str | os.PathLike, name: str, files: FigureFiles = FigureFiles()) -> list[Path]:
+    """Write DIRECTORY/figures/NAME.<format> for each of files.formats (atomically: a viewer never
+    sees half a file), with fonts embedded as TrueType (EMBEDDED_FONTS)."""
+    paths = [Path(directory) / FIGURES_DIR / f"{name}.{kind}" for kind in dict.fromkeys(files.formats)]
+    with matplotlib.rc_context(EMBEDDED_FONTS):
+        for path in paths:
+            with store.atomic_path(path) as tmp:
+                fig.savefig(tmp, format=path.suffix[1:], dpi=files.dpi, bbox_inches="tight")
+            fig.set_layout_engine("none")  # laid out by the first save: the next keep it (and half the time)
     plt.close(fig)
     return paths
 
@@ -483,7 +515,7 @@ def heatmap_cells(runs: pd.DataFrame, metric: str | None = None) -> tuple[Metric
     chosen = pick_metric(runs, metric)
     cells = summarize(runs, ["variant", "weight_decay", "lr"], chosen)
     # A grid, not a line such as η·λ = const: some λ at several lr, and some lr at several λ.
-    panels = [variant for variant, group in cells.groupby("variant", sort=False)
+    panels = [variant for variant, group in cells.groupby("variant", sort=False)  # summarize sorted them
               if group.groupby("weight_decay")["lr"].nunique().max() > 1
               and group.groupby("lr")["weight_decay"].nunique().max() > 1]
     if not panels:
@@ -535,9 +567,9 @@ def draw_heatmap(runs: pd.DataFrame, metric: str | None = None) -> plt.Figure:
     return fig
 
 
-def plot_heatmap(sweep: str | os.PathLike, metric: str | None = None) -> list[Path]:
+def plot_heatmap(sweep: str | os.PathLike, metric: str | None = None, files: FigureFiles = FigureFiles()) -> list[Path]:
     """Figure 6 left → SWEEP/figures/heatmap.png and .pdf."""
-    return save(draw_heatmap(load_runs(sweep), metric), sweep, "heatmap")
+    return save(draw_heatmap(load_runs(sweep), metric), sweep, "heatmap", files)
 
 
 # --- Figures 4 left, 5 middle/right, 7 left, 14: metric against the learning rate ----------
@@ -602,9 +634,9 @@ def draw_lr_sweep(runs: pd.DataFrame, metric: str | None = None) -> plt.Figure:
     return fig
 
 
-def plot_lr_sweep(sweep: str | os.PathLike, metric: str | None = None) -> list[Path]:
+def plot_lr_sweep(sweep: str | os.PathLike, metric: str | None = None, files: FigureFiles = FigureFiles()) -> list[Path]:
     """Figures 4 left, 5 middle/right, 7 left, 14 → SWEEP/figures/lr_sweep.png and .pdf."""
-    return save(draw_lr_sweep(load_runs(sweep), metric), sweep, "lr_sweep")
+    return save(draw_lr_sweep(load_runs(sweep), metric), sweep, "lr_sweep", files)
 
 
 # --- Figure 5 left: loss curves -------------------------------------------------------------
@@ -614,11 +646,11 @@ def _best_configs(runs: pd.DataFrame, metric: Metric, limit: int | None = None) 
     """The runs (all seeds) of each variant's best (lr, λ): the run ids to show by default."""
     table = summarize(runs, ["variant", "lr", "weight_decay"], metric)
     best = best_rows(table[table["state"] == "done"], ["variant"], metric)
-    best = best.set_index("variant").reindex(list(dict.fromkeys(runs["variant"]))).dropna(subset=["lr"])
+    best = best.set_index("variant").reindex(variant_order(runs)).dropna(subset=["lr"])
     if limit is not None:
         best = best.head(limit)
     keys = ["variant", "lr", "weight_decay"]
-    return runs.merge(best.reset_index()[keys], on=keys)
+    return best.reset_index()[keys].merge(runs, on=keys)[runs.columns]  # in variant_order
 
 
 def _select_runs(runs: pd.DataFrame, run_ids: list[str] | None, metric: str | None, limit: int | None,
@@ -632,7 +664,8 @@ def _select_runs(runs: pd.DataFrame, run_ids: list[str] | None, metric: str | No
         return runs.set_index("run_id").loc[run_ids].reset_index()
     finished = (runs["status"] == "done").any()
     if metric is None and not finished:
-        return runs.drop_duplicates("variant").head(limit)
+        first = runs.drop_duplicates("variant").set_index("variant").reindex(variant_order(runs))
+        return first.reset_index()[runs.columns].head(limit)
     return _best_configs(runs, pick_metric(runs, metric), limit)
 
 
@@ -684,9 +717,11 @@ def draw_curves(runs: pd.DataFrame, curves: pd.DataFrame, run_ids: list[str] | N
     return fig
 
 
-def plot_curves(sweep: str | os.PathLike, run_ids: list[str] | None = None, metric: str | None = None) -> list[Path]:
+def plot_curves(sweep: str | os.PathLike, run_ids: list[str] | None = None, metric: str | None = None,
+                files: FigureFiles = FigureFiles()) -> list[Path]:
     """Figure 5 left → SWEEP/figures/curves.png and .pdf."""
-    return save(draw_curves(load_runs(sweep), gather.read_results(sweep, "curves"), run_ids, metric), sweep, "curves")
+    return save(draw_curves(load_runs(sweep), gather.read_results(sweep, "curves"), run_ids, metric), sweep, "curves",
+                files)
 
 
 # --- Figures 3, 4 middle/right, 6 right, 7 right, 13: norms and rotation over training ------
@@ -956,7 +991,7 @@ def dynamics_selection(sweep: str | os.PathLike, run_ids: list[str] | None = Non
 
 
 def plot_dynamics(sweep: str | os.PathLike, run_ids: list[str] | None = None, layers: list[str] | None = None,
-                  neurons: bool = False, metric: str | None = None) -> list[Path]:
+                  neurons: bool = False, metric: str | None = None, files: FigureFiles = FigureFiles()) -> list[Path]:
     """Figures 3, 4 middle/right, 6 right, 13 (per layer) → SWEEP/figures/dynamics.png and .pdf;
     with neurons=True, Figure 7 right (the neurons of one weight) → dynamics_neurons.png and .pdf.
 
@@ -973,9 +1008,9 @@ def plot_dynamics(sweep: str | os.PathLike, run_ids: list[str] | None = None, la
             spread = layer_table[layer_table["param"].isin(weights)].groupby("param")["imbalance_neurons"].mean()
             weight = spread.idxmax() if spread.notna().any() else weights[0]
         dynamics = read_dynamics(sweep, chosen["run_id"].tolist(), [weight])
-        return save(draw_neuron_dynamics(chosen, weight, dynamics, curves), sweep, "dynamics_neurons")
+        return save(draw_neuron_dynamics(chosen, weight, dynamics, curves), sweep, "dynamics_neurons", files)
     dynamics = gather.read_dynamics(sweep, chosen["run_id"].tolist(), pairs=DRAWN_ROWS, params=weights)
-    return save(draw_dynamics(chosen, weights, dynamics, layer_table, curves), sweep, "dynamics")
+    return save(draw_dynamics(chosen, weights, dynamics, layer_table, curves), sweep, "dynamics", files)
 
 
 # --- Figure 16 right: imbalanced rotation -----------------------------------------------------
@@ -1082,9 +1117,9 @@ def draw_imbalance(runs: pd.DataFrame, metric: str | None = None) -> plt.Figure:
     return fig
 
 
-def plot_imbalance(sweep: str | os.PathLike, metric: str | None = None) -> list[Path]:
+def plot_imbalance(sweep: str | os.PathLike, metric: str | None = None, files: FigureFiles = FigureFiles()) -> list[Path]:
     """Figure 16 right → SWEEP/figures/imbalance.png and .pdf."""
-    return save(draw_imbalance(load_runs(sweep), metric), sweep, "imbalance")
+    return save(draw_imbalance(load_runs(sweep), metric), sweep, "imbalance", files)
 
 
 # --- Figure 9: the random walk --------------------------------------------------------------
@@ -1162,9 +1197,9 @@ def draw_randomwalk(walks: list[tuple[dict, pd.DataFrame]], examples: int = 4) -
     return fig
 
 
-def plot_randomwalk(directory: str | os.PathLike) -> list[Path]:
+def plot_randomwalk(directory: str | os.PathLike, files: FigureFiles = FigureFiles()) -> list[Path]:
     """Figure 9 → DIRECTORY/figures/randomwalk.png and .pdf."""
-    return save(draw_randomwalk(read_randomwalks(directory)), directory, "randomwalk")
+    return save(draw_randomwalk(read_randomwalks(directory)), directory, "randomwalk", files)
 
 
 # --- Every figure a sweep supports ----------------------------------------------------------
@@ -1181,12 +1216,12 @@ REQUIREMENTS: dict[str, Callable[[Path], object]] = {
 }
 
 # plot_all's figures: (name, what draws it, the figure's requirement).
-ALL_FIGURES: list[tuple[str, Callable[[Path], list[Path]], str]] = [
+ALL_FIGURES: list[tuple[str, Callable[..., list[Path]], str]] = [  # plot(sweep, files=...)
     ("heatmap", plot_heatmap, "heatmap"),
     ("lr-sweep", plot_lr_sweep, "lr-sweep"),
     ("curves", plot_curves, "curves"),
     ("dynamics", plot_dynamics, "dynamics"),
-    ("dynamics-neurons", lambda sweep: plot_dynamics(sweep, neurons=True), "dynamics"),
+    ("dynamics-neurons", lambda sweep, files: plot_dynamics(sweep, neurons=True, files=files), "dynamics"),
     ("imbalance", plot_imbalance, "imbalance"),
     ("randomwalk", plot_randomwalk, "randomwalk"),
 ]
@@ -1217,12 +1252,13 @@ class Drawn:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def format(self) -> str:
-        lines = [f"{name}: {paths[0]} (and .pdf)" for name, paths in self.paths.items()]
+        lines = [f"{name}: {paths[0]}" + "".join(f" (and {path.suffix})" for path in paths[1:])
+                 for name, paths in self.paths.items()]
         lines += [f"{name}: skipped, {reason}" for name, reason in self.skipped.items()]
         return "\n".join(lines)
 
 
-def plot_all(sweep: str | os.PathLike) -> Drawn:
+def plot_all(sweep: str | os.PathLike, files: FigureFiles = FigureFiles()) -> Drawn:
     """Every figure the sweep's data supports; a random-walk directory (see plot_randomwalk) gives Figure 9."""
     sweep = Path(sweep)
     if not sweep.is_dir():
@@ -1239,5 +1275,5 @@ def plot_all(sweep: str | os.PathLike) -> Drawn:
         except UserError as error:
             drawn.skipped[name] = str(error)
             continue
-        drawn.paths[name] = plot(sweep)
+        drawn.paths[name] = plot(sweep, files=files)
     return drawn

@@ -137,9 +137,9 @@ import pyarrow.parquet as pq
 from rotsweep import config as config_module
 from rotsweep import schedule, store, theory
 from rotsweep.config import RunConfig
-from rotsweep.dynamics import FAN_IN, PARTS_RECORD
 from rotsweep.errors import UserError
 from rotsweep.schedule import learning_rate
+from rotsweep.store import FAN_IN, PARTS_RECORD
 
 SCHEMA_VERSION = 4  # 4: dynamics.parquet is a directory of one file per run
 SCHEMA_VERSION_KEY = b"rotsweep.schema_version"
