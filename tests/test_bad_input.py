@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from rotsweep import __version__, cli, launch, store, theory
 from rotsweep.analysis import figures
 from rotsweep.analysis.gather import output_paths
+from helpers import wait_until_stopped
 
 runner = CliRunner()
 
@@ -79,17 +80,6 @@ def finished(tmp_path_factory) -> Path:
     assert invoke("gather", sweep).exit_code == 0
     return sweep
 
-
-def wait_until_stopped(sweep: Path, timeout: float = 600.0) -> dict:
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        report = launch.sweep_status(sweep)
-        if launch.all_stopped(report):
-            return report
-        time.sleep(1.0)
-    raise AssertionError(f"sweep still running after {timeout} s")
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from rotsweep import launch, store
 from rotsweep.cli import app
 from rotsweep.errors import UserError
 from rotsweep.experiments import get_experiment
+from helpers import wait_until_stopped
 
 runner = CliRunner()
 
@@ -54,15 +55,6 @@ def launch_json(*args: str) -> dict:
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
-
-def wait_until_stopped(sweep: Path, timeout: float = 300.0) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        report = launch.sweep_status(sweep)
-        if all(run["state"] in launch.STOPPED_STATES for run in report["runs"]):
-            return report
-        time.sleep(1.0)
-    raise AssertionError(f"sweep still running after {timeout} s: {launch.format_status(report)}")
 
 
 def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):

@@ -27,6 +27,7 @@ from rotsweep.analysis.gather import gather, output_paths
 from rotsweep.cli import app
 from rotsweep.config import RunConfig
 from rotsweep.experiments import get_experiment
+from helpers import wait_until_stopped
 
 runner = CliRunner()
 FAST = ["--set", "steps=24", "--set", "eval_interval=12", "--set", "checkpoint_interval=12",
@@ -40,15 +41,6 @@ def launch_json(*args) -> dict:
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
-
-def wait_until_stopped(sweep, timeout: float) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        report = launch.sweep_status(sweep)
-        if launch.all_stopped(report):
-            return report
-        time.sleep(1.0)
-    raise AssertionError(f"sweep still running after {timeout} s: {launch.format_status(report)}")
 
 
 def wait_for(predicate, timeout: float, what: str):

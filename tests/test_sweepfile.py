@@ -5,7 +5,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from rotsweep import launch, store, sweepfile, theory
 from rotsweep.cli import app
 from rotsweep.errors import UserError
 from rotsweep.experiments import EXPERIMENTS, SCALES
+from helpers import wait_until_stopped
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -227,15 +227,6 @@ def rotsweep_in_new_shell(*args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rotsweep.cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
-
-def wait_until_stopped(sweep: Path, timeout: float = 600.0) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        report = launch.sweep_status(sweep)
-        if launch.all_stopped(report):
-            return report
-        time.sleep(1.0)
-    raise AssertionError(f"sweep still running: {launch.format_status(report)}")
 
 
 def test_file_sweep_runs_then_a_new_shell_manages_it_without_the_file(tmp_path):
