@@ -245,7 +245,7 @@ def test_local_executor_runs_a_run_on_two_processes(tmp_path):
     result = CliRunner().invoke(app, [
         "launch", "dynamics", "--model", "gpt2", "--scale", "tiny", "--executor", "local", "--out", str(sweep),
         "--gpus-per-run", "2", "--json", "--set", "steps=20", "--set", "accumulation=2",
-        "--set", "weight_standardization=false", "--set", "gain=false"])
+        "--grid", "weight_standardization=false"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["submitted_runs"] == 1
     report = wait_for(lambda: (r := launch.sweep_status(sweep))["runs"][0]["state"] in launch.STOPPED_STATES and r,
@@ -301,7 +301,7 @@ def test_slurm_run_of_two_tasks_survives_sigkill_of_a_rank_and_ends_as_an_uninte
     args = ["launch", "dynamics", "--model", "gpt2", "--scale", "tiny", "--executor", "slurm", "--profile", "local",
             "--out", str(sweep), "--gpus-per-run", "2", "--json",
             "--set", "steps=400", "--set", "accumulation=2", "--set", "checkpoint_interval=50",
-            "--set", "eval_interval=100", "--set", "weight_standardization=false", "--set", "gain=false"]
+            "--set", "eval_interval=100", "--grid", "weight_standardization=false"]
     import json
 
     first = CliRunner().invoke(app, args)

@@ -254,7 +254,7 @@ def test_slurm_requeue_resumes_from_the_checkpoint(tmp_path):
     summary = launch_json(
         "dynamics", "--model", "gpt2", "--scale", "tiny", "--executor", "slurm", "--profile", "local", "--out", sweep,
         "--set", "steps=3000", "--set", "checkpoint_interval=100", "--set", "eval_interval=1000",
-        "--set", "weight_standardization=false", "--set", "gain=false",
+        "--grid", "weight_standardization=false",
     )
     assert summary["submitted_runs"] >= 1
     run_id = store.read_manifest(sweep)["launches"][0]["submitted"][0]
@@ -283,12 +283,14 @@ def test_slurm_cancel_and_completed_without_a_finished_run(tmp_path):
     # A job SLURM calls COMPLETED whose run did not finish is shown as failed, with its log.
     done = tmp_path / "done"
     launch_json("eta-lambda", "--model", "resnet20", "--scale", "tiny", "--executor", "slurm", "--profile", "local",
-                "--out", done, *FAST, "--set", "lr=1e-3")
+                "--out", done, *FAST, "--grid", "lr=1e-3")
     wait_until_stopped(done, timeout=300)
     run = launch.sweep_status(done)["runs"][0]
     store.write_status(store.run_dir(done, run["run_id"]), "running", step=3)
-    shown = launch.sweep_status(done)["runs"][0]
-    assert shown["state"] == "failed" and "COMPLETED without a finished run" in shown["detail"]
+    # Accounting records COMPLETED once the array's job has left the node, a moment after its runs ended.
+    shown = wait_for(lambda: (r := launch.sweep_status(done)["runs"][0])["state"] == "failed" and r,
+                     timeout=120, what="the job to be COMPLETED in accounting")
+    assert "COMPLETED without a finished run" in shown["detail"]
     assert "log:" in cli("status", done).output
 
 
