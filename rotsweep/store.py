@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -55,6 +56,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory beside `path`; on success it replaces `path` (a directory or
+    nothing) with two renames, so `path` is always a whole old or a whole new directory (between
+    the renames, briefly, absent). On failure the temporary directory is removed."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX))
+    scratch.chmod(0o777 & ~_UMASK)  # mkdtemp makes it 0700
+    try:
+        yield scratch
+        previous = None
+        if target.exists():
+            previous = target.with_name(f".{target.name}.previous-{os.getpid()}{TMP_SUFFIX}")
+            os.replace(target, previous)
+        os.replace(scratch, target)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def remove_temporaries(directory: str | os.PathLike) -> list[Path]:

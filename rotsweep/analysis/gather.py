@@ -537,7 +537,7 @@ def _read_files(run_id: str, run_dir: Path, signature: list, out: Path, batch_ro
     window = None
     if run.total_steps is not None:
         window = (math.ceil(WINDOW[0] * run.total_steps), math.floor(WINDOW[1] * run.total_steps))
-    layers = _LayerMeasure(run_id, window, _step_predictor(run.config, run.total_steps, run.warmup_steps))
+    layers = _LayerMeasure(run_id, window, step_predictor(run.config, run.total_steps, run.warmup_steps))
 
     metadata = {SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()}
     with store.atomic_path(out) as tmp, pq.ParquetWriter(tmp, DYNAMICS_SCHEMA.with_metadata(metadata)) as writer:
@@ -755,7 +755,7 @@ def _run_row(run: RunFiles, sweep_name: str, experiment: str | None, in_manifest
     return row
 
 
-def _step_predictor(config: RunConfig | None, total_steps: int, warmup_steps: int | None):
+def step_predictor(config: RunConfig | None, total_steps: int, warmup_steps: int | None):
     """steps -> η̂_r at each step's scheduled lr (NaN when the config or the warmup length is unknown)."""
     def predict(steps: np.ndarray) -> np.ndarray:
         if config is None or warmup_steps is None:
