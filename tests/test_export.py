@@ -109,6 +109,14 @@ def test_tensorboard_scalars_and_hparams_read_back_equal_to_the_parquet(sweep, t
         assert recorded["lr"].number_value == run["lr"] and recorded["optimizer"].string_value == "adamw"
         assert recorded["rotational"].bool_value == run["rotational"]
         assert json.loads(recorded["dataset_options"].string_value) == json.loads(run["dataset_options"])
+    # The experiment at the top: the hparams dashboard's metric columns are the final metrics only.
+    top = PluginAccumulator(str(out))
+    top.Reload()
+    (content,) = top.PluginTagToContent("hparams").values()
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    assert sorted(m.name.tag for m in experiment.metric_infos) == sorted(
+        f"final/{column}" for column in gather.SUMMARY_COLUMNS if runs[column].notna().all())
+    assert {"lr", "rotational", "variant"} <= {h.name for h in experiment.hparam_infos}
 
 
 def test_a_second_export_replaces_the_first_and_a_foreign_directory_is_refused(sweep, tmp_path):

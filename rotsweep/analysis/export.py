@@ -18,7 +18,8 @@ config readable) the exported series are, as (tag, step, value):
 
 Formats (OUT defaults to SWEEP/export/<format>):
     tensorboard  OUT/<run_id>/events.out.tfevents.*: the series as scalars, and the RunConfig
-                 fields (+ variant) as hparams, the final/ scalars as the hparams' metrics.
+                 fields (+ variant) as hparams; OUT/events.out.tfevents.*: the hparams
+                 experiment, whose metrics are the final/ scalars.
                  Written with tensorboard's own event writer and protos (no TensorFlow, no torch).
     wandb        OUT/wandb/offline-run-*-<run_id>/: one offline run per rotsweep run (id = run_id,
                  project = the sweep's name, group = its experiment), config = the RunConfig,
@@ -171,8 +172,10 @@ def _write_tensorboard(sweep: Path, runs: pd.DataFrame, curves: pd.DataFrame, la
     from tensorboard.plugins.hparams import summary_v2 as hparams_summary
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    points = 0
+    points, names, finals = 0, set(), set()
     for run, series in _each_run(sweep, runs, curves, layers):
+        names |= hparams(run).keys()
+        finals |= set(series["tag"][series["tag"].str.startswith("final/")])
         writer = EventFileWriter(str(out / run["run_id"]))
         try:
             # The hparams plugin reads a run's hyperparameters from this session-start summary
@@ -186,6 +189,15 @@ def _write_tensorboard(sweep: Path, runs: pd.DataFrame, curves: pd.DataFrame, la
             points += len(series)
         finally:
             writer.close()
+    # The experiment, at the top of the log directory: which hparams and which metrics the hparams
+    # dashboard shows (without it, every scalar tag would be a metric column).
+    writer = EventFileWriter(str(out))
+    try:
+        writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=hparams_summary.hparams_config_pb(
+            hparams=[hparams_summary.HParam(name) for name in sorted(names)],
+            metrics=[hparams_summary.Metric(tag) for tag in sorted(finals)])))
+    finally:
+        writer.close()
     return points
 
 
@@ -193,10 +205,21 @@ def _write_tensorboard(sweep: Path, runs: pd.DataFrame, curves: pd.DataFrame, la
 
 
 def _write_wandb(sweep: Path, runs: pd.DataFrame, curves: pd.DataFrame, layers: pd.DataFrame, out: Path) -> int:
-    # Offline before wandb is imported: it reads the environment when it sets itself up, and
-    # WANDB_MODE=offline also holds for anything wandb starts (its wandb-core service).
-    os.environ["WANDB_MODE"] = "offline"
-    os.environ.setdefault("WANDB_SILENT", "true")
+    # Offline in the environment too, whatever it said: wandb reads it when it sets itself up,
+    # and so does anything it starts (its wandb-core service). Given back afterwards.
+    saved = {name: os.environ.get(name) for name in ("WANDB_MODE", "WANDB_SILENT")}
+    os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
+    try:
+        return _write_wandb_runs(sweep, runs, curves, layers, out)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _write_wandb_runs(sweep: Path, runs: pd.DataFrame, curves: pd.DataFrame, layers: pd.DataFrame, out: Path) -> int:
     import wandb
 
     settings = wandb.Settings(mode="offline", silent=True, console="off", save_code=False, disable_git=True,
