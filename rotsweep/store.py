@@ -287,8 +287,15 @@ def read_metrics(run_dir: str | os.PathLike) -> pa.Table:
 
 
 def _read_metrics_file(path: Path) -> pa.Table:
-    table = pq.read_table(path)
-    missing = [name for name in METRICS_SCHEMA.names if name not in table.column_names]
+    """One metrics file as METRICS_SCHEMA; a ValueError naming it (as in the run directory) if unreadable."""
+    name = path.name if path.name == METRICS_FILE else f"{LIVE_METRICS_DIR}/{path.name}"
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, pa.ArrowException) as error:
+        raise ValueError(f"{name}: {(str(error).strip().splitlines() or [''])[0]}") from None
+    missing = [column for column in METRICS_SCHEMA.names if column not in table.column_names]
     if missing:
-        raise ValueError(f"{path.name}: missing column(s) {', '.join(missing)}")
+        raise ValueError(f"{name}: missing column(s) {', '.join(missing)}")
     return table.select(METRICS_SCHEMA.names).cast(METRICS_SCHEMA)

@@ -62,10 +62,26 @@ def test_read_metrics_takes_from_the_parts_only_rows_past_the_checkpoint(tmp_pat
     assert store.read_metrics(tmp_path).to_pylist() == [rows(10, "val", "loss", 9.0)]
 
 
-def test_a_part_without_the_metric_columns_is_refused(tmp_path):
-    store.write_parquet(tmp_path / store.LIVE_METRICS_DIR / store.live_part_name(10), pd.DataFrame({"step": [10]}))
-    with pytest.raises(ValueError, match="missing column"):
+def test_an_unreadable_part_is_named_by_readers(tmp_path):
+    part = tmp_path / store.LIVE_METRICS_DIR / store.live_part_name(10)
+    store.write_parquet(part, pd.DataFrame({"step": [10]}))
+    with pytest.raises(ValueError, match=r"metrics.live/part-000000000010.parquet: missing column\(s\) epoch"):
         store.read_metrics(tmp_path)
+    store.append_live_metrics(tmp_path, [rows(10, "val", "loss", 1.0)], 10)
+    part.write_bytes(part.read_bytes()[:-20])  # truncated
+    with pytest.raises(ValueError, match="metrics.live/part-000000000010.parquet: "):
+        store.read_metrics(tmp_path)
+    # gather reports the file and keeps the run.
+    sweep = tmp_path / "sweep"
+    config = preset("tiny-resnet20-adamw", steps=100)
+    run_dir = store.run_dir(sweep, config.run_id)
+    store.prepare_run_dir(config, run_dir)
+    store.write_status(run_dir, "running", step=10, total_steps=100)
+    (run_dir / store.LIVE_METRICS_DIR).mkdir()
+    part.rename(run_dir / store.LIVE_METRICS_DIR / part.name)
+    problems = gather.gather(sweep).problems
+    assert [problem.run_id for problem in problems] == [config.run_id]
+    assert "metrics.live/part-000000000010.parquet" in problems[0].reason
 
 
 def test_sigkill_between_checkpoints_then_resume_ends_like_an_uninterrupted_run(tmp_path):
