@@ -170,3 +170,17 @@ def test_slurm_status_advances_between_checkpoints(tmp_path):
     val = metrics[(metrics["split"] == "val") & (metrics["metric"] == "loss")].set_index("step")["value"]
     for step, value in seen.items():
         assert val[val.index <= step].iloc[-1] == pytest.approx(value)
+
+
+def test_a_live_directory_linking_out_of_the_sweep_is_reported_not_read(tmp_path):
+    sweep = tmp_path / "sweep"
+    config = preset("tiny-resnet20-adamw", steps=100)
+    run_dir = store.run_dir(sweep, config.run_id)
+    store.prepare_run_dir(config, run_dir)
+    store.write_status(run_dir, "running", step=20, total_steps=100)
+    elsewhere = tmp_path / "elsewhere"
+    store.append_live_metrics(elsewhere, [rows(20, "val", "top1", 99.0)], 20)
+    (run_dir / store.LIVE_METRICS_DIR).symlink_to(elsewhere / store.LIVE_METRICS_DIR)
+    problems = gather.gather(sweep).problems
+    assert [(p.file, "outside the sweep" in p.reason) for p in problems] == [(store.LIVE_METRICS_DIR, True)]
+    assert pd.read_parquet(sweep / "results" / "curves.parquet").empty
