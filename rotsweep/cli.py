@@ -548,6 +548,31 @@ def table(
     typer.echo(format_table(sweep, by or None, _value(metric), format_.value))
 
 
+class ExportFormat(str, Enum):
+    tensorboard = "tensorboard"
+    wandb = "wandb"
+    csv = "csv"
+
+
+@app.command(epilog=examples(
+    "rotsweep export sweeps/eta-lambda-resnet20-tiny --to tensorboard   # then: tensorboard --logdir SWEEP/export/tensorboard",
+    "rotsweep export sweeps/eta-lambda-resnet20-tiny --to wandb   # then: wandb sync SWEEP/export/wandb/wandb/offline-run-*",
+    "rotsweep export sweeps/eta-lambda-resnet20-tiny --to csv --out tables",
+))
+@reports_user_errors
+def export(
+    sweep: Path = typer.Argument(..., help="a gathered sweep directory"),
+    to: ExportFormat = typer.Option(..., "--to", help="TensorBoard event files, W&B offline runs or CSV tables"),
+    out: Optional[str] = typer.Option(None, metavar="DIR", help="directory to write (default: SWEEP/export/<format>); "
+                                                 "a previous export there is replaced"),
+) -> None:
+    """Export the gathered tables to TensorBoard, W&B (offline, `wandb sync` later) or CSV."""
+    _figures()  # matplotlib on Agg before the export's variant labels import it
+    from rotsweep.analysis.export import export as export_sweep
+
+    typer.echo(export_sweep(sweep, to.value, None if out is None else output_dir(out)).format())
+
+
 plot_app = typer.Typer(
     help="Draw the paper's figures into SWEEP/figures/ (PNG and PDF, or --format), from the tables of `rotsweep gather`.",
     no_args_is_help=True, rich_markup_mode=None,

@@ -1160,13 +1160,8 @@ def load_sweep(sweep: Path) -> dict:
 
 
 def last_metric(run_dir: Path) -> tuple[str, float] | None:
-    """The last validation metric a run wrote (top1 for images, loss for text)."""
-    import pyarrow.parquet as pq
-
-    path = run_dir / store.METRICS_FILE
-    if not path.exists():
-        return None
-    table = pq.read_table(path, columns=["split", "metric", "value"]).to_pandas()
+    """The last validation metric a run wrote (top1 for images, loss for text), live parts included."""
+    table = store.read_metrics(run_dir).to_pandas()
     val = table[table["split"] == "val"]
     if val.empty:
         val = table

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from rotsweep.config import RunConfig
@@ -54,6 +56,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory beside `path`; on success it replaces `path` (a directory or
+    nothing) with two renames, so `path` is always a whole old or a whole new directory (between
+    the renames, briefly, absent). On failure the temporary directory is removed."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX))
+    scratch.chmod(0o777 & ~_UMASK)  # mkdtemp makes it 0700
+    try:
+        yield scratch
+        previous = None
+        if target.exists():
+            previous = target.with_name(f".{target.name}.previous-{os.getpid()}{TMP_SUFFIX}")
+            os.replace(target, previous)
+        os.replace(scratch, target)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def remove_temporaries(directory: str | os.PathLike) -> list[Path]:
@@ -120,7 +144,10 @@ MANIFEST_FILE = "manifest.json"
 LOCK_FILE = "launch.lock"
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
-METRICS_FILE = "metrics.parquet"
+METRICS_FILE = "metrics.parquet"  # every metric row up to the last checkpoint
+# The rows measured since the last checkpoint, one part per eval (part-<step>.parquet), so that
+# readers follow a run between checkpoints; folded into metrics.parquet at each checkpoint.
+LIVE_METRICS_DIR = "metrics.live"
 DYNAMICS_DIR = "dynamics.parquet"  # a directory of part files, one per checkpoint
 # In a run's dynamics directory, beside its parts: which parts the run wrote (rotsweep.dynamics;
 # part files are named part-<first step>-<last step>.parquet). The leading "_" keeps Parquet
@@ -186,3 +213,89 @@ def read_manifest(sweep: str | os.PathLike) -> dict | None:
 
 def write_manifest(sweep: str | os.PathLike, manifest: dict) -> None:
     write_json(Path(sweep) / MANIFEST_FILE, manifest)
+
+
+# --- Metric rows: metrics.parquet plus the live parts written since its checkpoint -----------
+#
+# A run appends the rows of each eval as a new part in metrics.live/ (append_live_metrics); at
+# a checkpoint it rewrites metrics.parquet with every row and then deletes the parts
+# (clear_live_metrics). A kill between the two leaves parts whose rows metrics.parquet already
+# holds, so a reader takes from the parts only the rows past metrics.parquet's last step.
+
+METRICS_SCHEMA = pa.schema([
+    ("step", pa.int64()), ("epoch", pa.float64()), ("split", pa.string()), ("metric", pa.string()),
+    ("value", pa.float64()),
+])
+
+
+def metrics_table(rows: list[dict]) -> pa.Table:
+    """Metric rows ({step, epoch, split, metric, value} dicts) as a METRICS_SCHEMA table."""
+    return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
+
+
+def live_part_name(step: int) -> str:
+    return f"part-{step:012d}.parquet"
+
+
+def append_live_metrics(run_dir: str | os.PathLike, rows: list[dict], step: int) -> None:
+    """Write the rows measured since the last write as the live part of the eval at `step`."""
+    write_parquet(Path(run_dir) / LIVE_METRICS_DIR / live_part_name(step), metrics_table(rows))
+
+
+def live_metric_parts(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's live parts in step order (names are zero-padded steps); temporaries excluded."""
+    directory = Path(run_dir) / LIVE_METRICS_DIR
+    if not directory.is_dir():
+        return []
+    return sorted(path for path in directory.glob("part-*.parquet"))
+
+
+def clear_live_metrics(run_dir: str | os.PathLike) -> None:
+    """Delete the live parts (after metrics.parquet holds their rows, or to measure them again)."""
+    directory = Path(run_dir) / LIVE_METRICS_DIR
+    for path in live_metric_parts(run_dir):
+        path.unlink(missing_ok=True)
+    if directory.is_dir():
+        remove_temporaries(directory)
+
+
+def read_metrics(run_dir: str | os.PathLike) -> pa.Table:
+    """Every metric row the run has written so far (METRICS_SCHEMA), checkpointed or live.
+
+    The parts are listed and read before metrics.parquet: a part that a checkpoint deletes
+    meanwhile is then in the metrics.parquet read afterwards, so no row is missed. Raises
+    what pyarrow raises (OSError, ValueError, ArrowException) for an unreadable file.
+    """
+    run_dir = Path(run_dir)
+    parts = []
+    for path in live_metric_parts(run_dir):
+        try:
+            parts.append(_read_metrics_file(path))
+        except FileNotFoundError:
+            pass  # folded into metrics.parquet by a checkpoint since the listing
+    try:
+        saved = _read_metrics_file(run_dir / METRICS_FILE)
+    except FileNotFoundError:
+        saved = METRICS_SCHEMA.empty_table()
+    if not parts:
+        return saved
+    live = pa.concat_tables(parts)
+    if saved.num_rows:
+        last_saved = pa.compute.max(saved["step"]).as_py()
+        live = live.filter(pa.compute.greater(live["step"], last_saved))
+    return pa.concat_tables([saved, live])
+
+
+def _read_metrics_file(path: Path) -> pa.Table:
+    """One metrics file as METRICS_SCHEMA; a ValueError naming it (as in the run directory) if unreadable."""
+    name = path.name if path.name == METRICS_FILE else f"{LIVE_METRICS_DIR}/{path.name}"
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, pa.ArrowException) as error:
+        raise ValueError(f"{name}: {(str(error).strip().splitlines() or [''])[0]}") from None
+    missing = [column for column in METRICS_SCHEMA.names if column not in table.column_names]
+    if missing:
+        raise ValueError(f"{name}: missing column(s) {', '.join(missing)}")
+    return table.select(METRICS_SCHEMA.names).cast(METRICS_SCHEMA)

@@ -2,7 +2,9 @@
 
     run_dir/config.json        the RunConfig (written once; a different config is refused)
     run_dir/status.json        pending | running | done | diverged | failed | preempted, step, wall time
-    run_dir/metrics.parquet    long table: step, epoch, split, metric, value
+    run_dir/metrics.parquet    long table: step, epoch, split, metric, value (rows up to the checkpoint)
+    run_dir/metrics.live/      the rows since the checkpoint, one part per eval; store.read_metrics
+                               reads both (see store)
     run_dir/dynamics.parquet/  long table of rotsweep.dynamics, one part file per checkpoint,
                                each recorded in its _parts.json (dynamics.write_part)
     run_dir/checkpoint.pt      model, optimizer, recorder and RNG state, metrics so far, thread count
@@ -33,7 +35,6 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -135,7 +136,7 @@ def run(
     if ranks.is_main:
         prepare_run_dir(config, run_dir)
         # This process is the run's only writer now: what a killed one was writing is garbage.
-        for directory in (run_dir, run_dir / DYNAMICS_DIR):
+        for directory in (run_dir, run_dir / DYNAMICS_DIR, run_dir / store.LIVE_METRICS_DIR):
             store.remove_temporaries(directory)
     distributed.barrier(ranks)  # the others read the status only once rank 0 has checked the directory
     status = read_status(run_dir)
@@ -231,6 +232,7 @@ class Trainer:
 
         self.step = 0
         self.metrics: list[dict] = []
+        self.metrics_written = 0  # how many of self.metrics are on disk (metrics.parquet or live parts)
         self.train_losses: list[torch.Tensor] = []  # device scalars since the last log row
         self.wall_s = 0.0
 
@@ -320,10 +322,13 @@ class Trainer:
         last = step == self.lengths.total_steps
         if step % config.train_log_interval == 0 or last:
             self.log_train_loss()
+        checkpoint = config.checkpoint_interval and step % config.checkpoint_interval == 0 and not last
         if (config.eval_interval and step % config.eval_interval == 0) or last:
             self.evaluate()
             self.log(f"step {step}/{self.lengths.total_steps}: {self.last_metrics()}")
-        if config.checkpoint_interval and step % config.checkpoint_interval == 0 and not last:
+            if not (checkpoint or last):  # those write every row themselves
+                self.write_live_metrics()
+        if checkpoint:
             self.save_checkpoint()
             self.write_status("running")
 
@@ -385,11 +390,15 @@ class Trainer:
         else:
             self.add_metric("val", "perplexity", math.exp(min(loss, 700.0)))
 
-    def last_metrics(self) -> str:
+    def latest_metrics(self) -> dict[str, float]:
+        """The last value of every metric, as {"<split>_<metric>": value}."""
         latest: dict[str, float] = {}
         for row in self.metrics:
             latest[f"{row['split']}_{row['metric']}"] = row["value"]
-        return ", ".join(f"{name} {value:.4g}" for name, value in latest.items())
+        return latest
+
+    def last_metrics(self) -> str:
+        return ", ".join(f"{name} {value:.4g}" for name, value in self.latest_metrics().items())
 
     # --- files (written by rank 0 alone) -----------------------------------------------------
 
@@ -409,11 +418,29 @@ class Trainer:
             "job_id": os.environ.get("SLURM_JOB_ID"),
             "world_size": self.ranks.world_size,
             "log": str(self.run_dir / LOG_FILE),
+            "latest": self.latest_metrics(),
         }
 
+    def write_live_metrics(self) -> None:
+        """Between checkpoints: the rows since the last write as a live part, and the progress.
+
+        A checkpoint folds the parts into metrics.parquet; a resume deletes them, since
+        everything past the checkpoint is measured again (store.read_metrics reads both).
+        """
+        # No log_train_loss() here: the train-loss rows stay those of train_log_interval, as
+        # without live parts; the ones since the last eval come with the next part.
+        if not self.ranks.is_main:
+            return
+        store.append_live_metrics(self.run_dir, self.metrics[self.metrics_written:], self.step)
+        self.metrics_written = len(self.metrics)
+        self.write_status("running")
+
     def write_measurements(self) -> None:
-        """Rewrite metrics.parquet and append the recorder's rows as a new dynamics part."""
-        store.write_parquet(self.run_dir / METRICS_FILE, metrics_frame(self.metrics))
+        """Rewrite metrics.parquet (then drop the live parts it now holds) and append the
+        recorder's rows as a new dynamics part."""
+        store.write_parquet(self.run_dir / METRICS_FILE, store.metrics_table(self.metrics))
+        store.clear_live_metrics(self.run_dir)
+        self.metrics_written = len(self.metrics)
         if self.recorder is not None:
             rows = self.recorder.drain()
             if len(rows):
@@ -448,6 +475,8 @@ class Trainer:
         if state is None:
             if self.ranks.is_main:
                 self.discard_measurements_after(-1)
+                if (self.run_dir / METRICS_FILE).exists():  # an earlier attempt's, from a lost checkpoint
+                    store.write_parquet(self.run_dir / METRICS_FILE, store.metrics_table([]))
             return False
         self.step = state["step"]
         self.wall_s = state["wall_s"]
@@ -462,12 +491,15 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         if self.ranks.is_main:
             self.discard_measurements_after(self.step)
-            store.write_parquet(self.run_dir / METRICS_FILE, metrics_frame(self.metrics))
+            store.write_parquet(self.run_dir / METRICS_FILE, store.metrics_table(self.metrics))
+        self.metrics_written = len(self.metrics)
         return True
 
     def discard_measurements_after(self, step: int) -> None:
-        """Remove dynamics parts recorded after `step` (they will be recorded again)."""
+        """Remove dynamics parts and live metric rows recorded after `step` (they will be
+        recorded again). Live parts at or before `step` are in the checkpoint's metrics."""
         dynamics.discard_parts_from(self.run_dir / DYNAMICS_DIR, step)
+        store.clear_live_metrics(self.run_dir)
 
 
 def read_checkpoint(path: Path, device: torch.device, log: RunLog, set_aside: bool = True) -> dict | None:
@@ -503,11 +535,6 @@ def read_checkpoint(path: Path, device: torch.device, log: RunLog, set_aside: bo
         print(f"warning: {path} is not a complete checkpoint (truncated?); moved to {aside.name}, "
               "starting the run over from step 0", file=sys.stderr, flush=True)
         return None
-
-
-def metrics_frame(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=["step", "epoch", "split", "metric", "value"])
-    return frame.astype({"step": "int64", "epoch": "float64", "split": "string", "metric": "string", "value": "float64"})
 
 
 def rotational_options(config: RunConfig) -> dict:

@@ -6,7 +6,7 @@
                       eta_lambda,
                       steps_done, total_steps, wall_s, error, final and best metrics,
                       the Table 1 predictions and the measured rotation summaries below
-    curves.parquet    run_id, step, epoch, split, metric, value     (every metrics.parquet)
+    curves.parquet    run_id, step, epoch, split, metric, value     (store.read_metrics of every run)
     dynamics.parquet/ run_id, step, param, stat, reduction, neuron, value  (every part file),
                       a directory of one file per run, <run_id>.parquet
     layers.parquet    one row per run x weight tensor: its equilibrium rotation and norm
@@ -378,12 +378,13 @@ def run_signature(run_dir: Path, root: Path | None = None) -> list[list]:
     entries = []
     for directory, prefix, wanted in (
         (run_dir, "", lambda name: name in (store.CONFIG_FILE, store.STATUS_FILE, store.METRICS_FILE)),
+        (run_dir / store.LIVE_METRICS_DIR, f"{store.LIVE_METRICS_DIR}/", lambda name: name.startswith("part-")),
         (run_dir / store.DYNAMICS_DIR, f"{store.DYNAMICS_DIR}/",
          lambda name: name == PARTS_RECORD or (name.startswith("part-") and name.endswith(".parquet"))),
     ):
         if root is not None and directory != run_dir and (target := _outside(directory, root)) is not None:
             if directory.exists():
-                entries.append(_outside_entry(store.DYNAMICS_DIR, target))
+                entries.append(_outside_entry(prefix.rstrip("/"), target))
             continue
         try:
             with os.scandir(directory) as scan:
@@ -514,8 +515,9 @@ def _read_files(run_id: str, run_dir: Path, signature: list, out: Path, batch_ro
         run.problems.append(Problem(run_id, store.CONFIG_FILE, "missing"))
     run.status = read(store.STATUS_FILE, _read_status) if readable(store.STATUS_FILE) else (
         None if store.STATUS_FILE in outside else {"status": "pending"})
-    if readable(store.METRICS_FILE):
-        curves = read(store.METRICS_FILE, _read_parquet, METRICS_FILE_SCHEMA)
+    live = [name for name in names if name.startswith(store.LIVE_METRICS_DIR)]  # rows since the checkpoint
+    if (readable(store.METRICS_FILE) or live) and not {store.METRICS_FILE, *live} & outside.keys():
+        curves = read(store.METRICS_FILE, lambda path: store.read_metrics(path.parent).cast(METRICS_FILE_SCHEMA))
         if curves is not None:
             run.curves = curves
 
@@ -535,7 +537,7 @@ def _read_files(run_id: str, run_dir: Path, signature: list, out: Path, batch_ro
     window = None
     if run.total_steps is not None:
         window = (math.ceil(WINDOW[0] * run.total_steps), math.floor(WINDOW[1] * run.total_steps))
-    layers = _LayerMeasure(run_id, window, _step_predictor(run.config, run.total_steps, run.warmup_steps))
+    layers = _LayerMeasure(run_id, window, step_predictor(run.config, run.total_steps, run.warmup_steps))
 
     metadata = {SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()}
     with store.atomic_path(out) as tmp, pq.ParquetWriter(tmp, DYNAMICS_SCHEMA.with_metadata(metadata)) as writer:
@@ -753,7 +755,7 @@ def _run_row(run: RunFiles, sweep_name: str, experiment: str | None, in_manifest
     return row
 
 
-def _step_predictor(config: RunConfig | None, total_steps: int, warmup_steps: int | None):
+def step_predictor(config: RunConfig | None, total_steps: int, warmup_steps: int | None):
     """steps -> η̂_r at each step's scheduled lr (NaN when the config or the warmup length is unknown)."""
     def predict(steps: np.ndarray) -> np.ndarray:
         if config is None or warmup_steps is None:
