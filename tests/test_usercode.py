@@ -270,3 +270,17 @@ def test_the_user_net_sweep_on_slurm_is_managed_from_another_directory(tmp_path)
     gathered = rotsweep_in_shell("gather", sweep, cwd=elsewhere)
     assert gathered.returncode == 0, gathered.stderr
     check_gathered(sweep)
+
+
+def test_heatmap_rows_join_weight_decays_a_rounding_error_apart():
+    # Two η·λ lines over lr = 0.01, 0.1 (the example's grid): λ = 1e-3/0.01 is 0.1 and 1e-2/0.1 is
+    # 0.09999999999999999, the same weight decay, so one heatmap row, not two rows labelled 0.1.
+    from rotsweep.analysis import figures
+
+    lrs, lines = [0.01, 0.1], [1e-3, 1e-2]
+    runs = pd.DataFrame([dict(variant="AdamW", lr=lr, weight_decay=line / lr, status="done", seed=0,
+                              final_val_top1=float(i)) for i, (line, lr) in enumerate((a, b) for a in lines for b in lrs)])
+    assert runs["weight_decay"].nunique() == 4  # 0.1, 0.01, 1.0 and 0.09999999999999999
+    _, cells, panels = figures.heatmap_cells(runs)
+    assert panels == ["AdamW"] and sorted(cells["weight_decay"]) == [0.01, 0.1, 0.1, 1.0]
+    assert cells.groupby("weight_decay")["lr"].nunique()[0.1] == 2  # both runs at λ = 0.1 in one row
