@@ -126,6 +126,18 @@ def test_model_for_run_calls_the_builder_with_the_config_and_the_data_sizes(tmp_
     assert usercode.code_path([RunConfig(model="json:loads", steps=1)]) == []  # the standard library: found anyway
 
 
+def test_the_code_path_of_a_package_is_the_directory_holding_it(tmp_path, monkeypatch):
+    package = tmp_path / "lab" / "mynets"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "convs.py").write_text("import torch\ndef build(config, *, num_classes, vocab_size):\n"
+                                      "    return torch.nn.Linear(2, num_classes)\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "lab"))
+    config = RunConfig(model="mynets.convs:build", steps=1)
+    assert isinstance(model_for_run(config, num_classes=3, vocab_size=None), torch.nn.Linear)
+    assert usercode.code_path([config]) == [str((tmp_path / "lab").resolve())]
+
+
 def test_label_and_import_paths():
     assert usercode.label("examples.tiny_net:build") == "examples.tiny_net.build"
     assert usercode.label("resnet20") == "resnet20"
