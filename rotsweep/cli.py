@@ -196,8 +196,10 @@ def train(
                                                  "they split its accumulation, so it must divide it"),
 ) -> None:
     """Run one training run into OUT: config.json, status.json, metrics and dynamics Parquet, checkpoint."""
-    from rotsweep import distributed, presets, store, train as training
+    from rotsweep import distributed, presets, store, train as training, usercode
     from rotsweep.config import RunConfig
+
+    usercode.add_to_sys_path(usercode.launch_dirs())  # a model/dataset = "module:function" in this directory
 
     directory = output_dir(out)
     if (preset is None) == (config is None):
@@ -406,12 +408,13 @@ def _grid_axes(items: list[str]) -> dict:
 
 def _plan_launch(target: str, model, scale, out, seeds, overrides, rerun_failed, axes):
     """A built-in experiment by name, a sweep file (.toml), or an existing sweep directory (relaunched)."""
-    from rotsweep import launch as launcher, store, sweepfile
+    from rotsweep import launch as launcher, store, sweepfile, usercode
 
     path = Path(target)
     if target.endswith(".toml") or path.is_file():
         if model is not None:
             raise UserError(f"--model does not apply to a sweep file: set model in the [base] of {target}")
+        usercode.add_to_sys_path(usercode.launch_dirs(path))  # a model/dataset = "module:function" of the user's
         return launcher.make_file_plan(sweepfile.load(path), scale=scale, out=out, seeds=seeds, overrides=overrides,
                                        rerun_failed=rerun_failed, axes=axes)
     if (path / store.MANIFEST_FILE).is_file():
@@ -419,6 +422,7 @@ def _plan_launch(target: str, model, scale, out, seeds, overrides, rerun_failed,
             raise UserError(f"{target} is a sweep directory: relaunch it without --model, --scale, --out or --grid "
                             "(they are recorded in it)")
         return launcher.make_relaunch_plan(path, seeds=seeds, overrides=overrides, rerun_failed=rerun_failed)
+    usercode.add_to_sys_path(usercode.launch_dirs())  # `--set model=module:function`
     if model is None:
         from rotsweep.experiments import get_experiment
 

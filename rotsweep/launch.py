@@ -50,7 +50,7 @@ from pathlib import Path
 
 import submitit
 
-from rotsweep import __version__, store, sweepfile
+from rotsweep import __version__, store, sweepfile, usercode
 from rotsweep.clean import DEFAULT_KEEP, check_keep
 from rotsweep.config import RunConfig, parse_assignments
 from rotsweep.errors import UserError
@@ -451,6 +451,11 @@ class Plan:
     def already_done(self) -> list[PlannedRun]:
         return [run for run in self.runs if run.state.state in store.FINISHED_STATUSES]
 
+    @property
+    def code_path(self) -> list[str]:
+        """Directories a job puts on sys.path to import the runs' own builders (rotsweep.usercode)."""
+        return usercode.code_path(run.config for run in self.runs)
+
     def manifest_identity(self) -> dict:
         # Changed axes are part of what a sweep is; recorded only when there are some, so
         # that sweeps launched before axes could change keep their identity.
@@ -460,7 +465,7 @@ class Plan:
 
 
 def default_sweep_dir(experiment: str, model: str, scale: str) -> Path:
-    return Path("sweeps") / f"{experiment}-{model}-{scale}"
+    return Path("sweeps") / f"{experiment}-{usercode.label(model)}-{scale}"
 
 
 def make_plan(
@@ -524,6 +529,7 @@ def make_relaunch_plan(
     the text recorded at its last launch.
     """
     manifest = load_sweep(sweep)
+    usercode.add_to_sys_path(manifest.get("code_path", []))  # where its own model and data were found
     seeds = seeds if seeds is not None else manifest.get("seeds")
     overrides = list(overrides) or manifest.get("overrides", [])
     axes = manifest.get("axes_changed")
@@ -677,7 +683,7 @@ class RunJob(submitit.helpers.Checkpointable):
     """
 
     def __init__(self, run_dirs: list[str], data_dir: str | None = None, threads: int | None = None,
-                 local_processes: int = 1, keep_checkpoints: str = DEFAULT_KEEP):
+                 local_processes: int = 1, keep_checkpoints: str = DEFAULT_KEEP, code_path: list[str] = ()):
         self.run_dirs = run_dirs
         self.data_dir = data_dir
         self.threads = threads
@@ -685,12 +691,14 @@ class RunJob(submitit.helpers.Checkpointable):
         # this object; its env:// variables come from submitit (distributed.export_slurm_env).
         self.local_processes = local_processes
         self.keep_checkpoints = keep_checkpoints  # what a finished run keeps of its checkpoint (rotsweep.clean)
+        self.code_path = list(code_path)  # where the runs' own builders are imported from (rotsweep.usercode)
 
     def __call__(self) -> dict[str, str]:
         import torch
 
         from rotsweep import clean, distributed, train
 
+        usercode.add_to_sys_path(getattr(self, "code_path", []))  # a job pickled before the field: none
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
         if threads:
             torch.set_num_threads(threads)
@@ -812,6 +820,7 @@ def submit(
         check_slurm_reachable()
     if plan.scale == "paper":
         require_data(plan, data_dir)
+    usercode.try_builders([run.config for run in plan.to_submit], data_dir)  # the user's own model and data
     with sweep_lock(plan.sweep):
         # Another launch into this sweep may have submitted since `plan` was made:
         # decide again under the lock, so that each run is submitted by one launch only.
@@ -835,7 +844,7 @@ def submit_locked(
     # Locally a job starts each run's processes itself; on SLURM they are the job's tasks.
     local_processes = processes_per_run(profile) if executor == "local" else 1
     jobs_to_make = [RunJob([str(run.run_dir) for run in group], data_dir, packed.threads, local_processes,
-                           keep_checkpoints)
+                           keep_checkpoints, plan.code_path)
                     for group in groups]
     for job in jobs_to_make:
         pickle.dumps(job)  # fail here, not on the node, if something cannot be pickled
@@ -949,6 +958,8 @@ def update_manifest(plan: Plan, executor: str, profile_name: str | None, keep_ch
     if plan.experiment_model not in (None, plan.model):
         manifest["experiment_model"] = plan.experiment_model
     manifest["code_version"] = code_version()
+    if plan.code_path:
+        manifest["code_path"] = plan.code_path  # the latest launch's: relaunches and jobs import from there
     manifest["launches"].append({
         "time": time.time(), "executor": executor, "profile": profile_name, "keep_checkpoints": keep_checkpoints,
         "submitted": [run.config.run_id for run in plan.to_submit],

@@ -40,10 +40,10 @@ import torch.nn.functional as F
 
 from rotsweep import distributed, dynamics, store
 from rotsweep.config import RunConfig
-from rotsweep.data import check_dataset, load_dataset
+from rotsweep.data import check_dataset, dataset_for_run
 from rotsweep.dynamics import DynamicsRecorder
 from rotsweep.errors import UserError
-from rotsweep.models import build_model, check_model, param_groups
+from rotsweep.models import check_model, model_for_run, param_groups
 from rotsweep.optim import build_optimizer
 from rotsweep.schedule import learning_rate
 
@@ -188,11 +188,7 @@ class Trainer:
         self.threads = (self.checkpoint or {}).get("threads") or torch.get_num_threads()
         torch.set_num_threads(self.threads)
 
-        self.data = load_dataset(
-            config.dataset, data_dir=data_dir, seed=config.seed if config.data_seed is None else config.data_seed,
-            val_split=config.val_split,
-            device=str(device), block_size=config.block_size, **config.dataset_options,
-        )
+        self.data = dataset_for_run(config, data_dir=data_dir, device=str(device))
         if config.eval_split not in self.data.eval_splits:
             raise UserError(f"{config.dataset} has no {config.eval_split!r} split to evaluate on (it has: "
                             f"{', '.join(self.data.eval_splits)}); add its file or set eval_split=val")
@@ -200,11 +196,8 @@ class Trainer:
         self.lengths = Lengths.of(config, micro_steps_per_epoch // config.accumulation)
 
         torch.manual_seed(config.seed)
-        self.model = build_model(
-            config.model, num_classes=self.data.num_classes, vocab_size=self.data.vocab_size,
-            block_size=config.block_size, weight_standardization=config.weight_standardization,
-            gain=config.gain, tiny=config.tiny, **config.model_options,
-        ).to(device)
+        self.model = model_for_run(config, num_classes=self.data.num_classes,
+                                   vocab_size=self.data.vocab_size).to(device)
         if config.channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(

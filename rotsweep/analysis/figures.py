@@ -513,6 +513,8 @@ def _heatmap_panel(ax, cells: pd.DataFrame, config: RunConfig, metric: Metric, c
 def heatmap_cells(runs: pd.DataFrame, metric: str | None = None) -> tuple[Metric, pd.DataFrame, list[str]]:
     """(metric, one summarize() row per variant × λ × lr, the variants with a grid of two or more of each)."""
     chosen = pick_metric(runs, metric)
+    # λ = η·λ / η reached from two (η·λ, η) pairs may differ in the last bit (1e-2/0.1 vs 1e-3/0.01): one row.
+    runs = runs.assign(weight_decay=runs["weight_decay"].map(lambda wd: float(f"{wd:.12g}")))
     cells = summarize(runs, ["variant", "weight_decay", "lr"], chosen)
     # A grid, not a line such as η·λ = const: some λ at several lr, and some lr at several λ.
     panels = [variant for variant, group in cells.groupby("variant", sort=False)  # summarize sorted them

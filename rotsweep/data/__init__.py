@@ -41,6 +41,7 @@ from typing import Iterable, Iterator, Protocol
 import numpy as np
 import torch
 
+from rotsweep import usercode
 from rotsweep.errors import UserError
 
 DATASET_NAMES = (
@@ -129,8 +130,56 @@ def _loader(name: str):
     return loader
 
 
+def dataset_for_run(config, *, data_dir: str | os.PathLike | None = None,
+                    device: str | torch.device = "cpu") -> Dataset:
+    """The data set of a run (a RunConfig): a built-in by name, or the user's builder (rotsweep.usercode).
+
+    Its own seed is data_seed, else seed. A user builder is called as
+    build(config, seed=..., data_dir=<the data root>, device=...) and must return an
+    object with the Dataset contract above.
+    """
+    seed = config.seed if config.data_seed is None else config.data_seed
+    if not usercode.is_import_path(config.dataset):
+        return load_dataset(config.dataset, data_dir=data_dir, seed=seed, val_split=config.val_split,
+                            device=device, block_size=config.block_size, **config.dataset_options)
+    data = usercode.call_builder(config.dataset, "dataset", config, seed=seed, data_dir=data_root(data_dir),
+                                 device=torch.device(device))
+    problem = _contract_problem(data)
+    if problem:
+        raise UserError(f"dataset builder {config.dataset!r} returned a {type(data).__name__} that {problem}; "
+                        "return an object with the rotsweep.data.Dataset contract (see the README)")
+    return data
+
+
+def _contract_problem(data) -> str | None:
+    """What `data` lacks of the Dataset contract (None if nothing): the part checkable without batches."""
+    if getattr(data, "kind", None) not in ("image", "text"):
+        return "has no kind \"image\" or \"text\""
+    sizes = {"num_classes": getattr(data, "num_classes", "missing"), "vocab_size": getattr(data, "vocab_size", "missing")}
+    needed = "num_classes" if data.kind == "image" else "vocab_size"
+    if isinstance(sizes[needed], bool) or not isinstance(sizes[needed], int) or sizes[needed] < 1:
+        return f"has no positive integer {needed} (a {data.kind} set needs it)"
+    train_size = getattr(data, "train_size", None)
+    if isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1:
+        return "has no positive integer train_size"
+    splits = getattr(data, "eval_splits", None)
+    if not isinstance(splits, (tuple, list)) or not splits or not all(isinstance(s, str) for s in splits):
+        return "has no eval_splits (a tuple of split names such as (\"val\",))"
+    for method in ("train_batches", "eval_batches", "steps_per_epoch"):
+        if not callable(getattr(data, method, None)):
+            return f"has no method {method}"
+    return None
+
+
 def check_dataset(name: str, options: dict) -> None:
-    """The checks of load_dataset that need no data: the name, the options and their types."""
+    """The checks of load_dataset that need no data: the name, the options and their types.
+
+    A user builder ("package.module:function", rotsweep.usercode) is imported; its
+    options are its own to check.
+    """
+    if usercode.is_import_path(name):
+        usercode.import_builder(name, "dataset")
+        return
     if name not in DATASET_NAMES:
         raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     _check_options(name, _loader(name), options)
@@ -141,7 +190,10 @@ def require_dataset(name: str, *, data_dir: str | os.PathLike | None = None) -> 
 
     The launcher calls this before submitting paper-scale runs, so a missing data
     set is one line on the submitting machine, not a failed job on every node.
+    A user builder's files are its own business (it is tried by usercode.try_builders).
     """
+    if usercode.is_import_path(name):
+        return
     if name not in DATASET_NAMES:
         raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     root = data_root(data_dir)

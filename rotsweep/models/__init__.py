@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from rotsweep import usercode
 from rotsweep.errors import UserError
 from rotsweep.models import gpt, resnet, vgg
 
@@ -91,7 +92,14 @@ def _positive_or_none(model: str, name: str, value: Any) -> None:
 
 
 def check_model(name: str, options: dict) -> None:
-    """The checks of build_model that need no tensors: the name and the model's options."""
+    """The checks of build_model that need no tensors: the name and the model's options.
+
+    A user builder ("package.module:function", rotsweep.usercode) is imported; its
+    options are its own to check.
+    """
+    if usercode.is_import_path(name):
+        usercode.import_builder(name, "model")
+        return
     if name not in _MODELS:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     entry = _MODELS[name]
@@ -137,6 +145,28 @@ def build_model(
     return entry.build(vocab_size=vocab_size, block_size=block_size, tiny=tiny, **weights, **options)
 
 
+def model_for_run(config, *, num_classes: int | None, vocab_size: int | None) -> nn.Module:
+    """The network of a run (a RunConfig): a built-in by name, or the user's builder (rotsweep.usercode).
+
+    num_classes / vocab_size are the data set's. A user builder is called as
+    build(config, num_classes=..., vocab_size=...) and must return an nn.Module with parameters.
+    """
+    if not usercode.is_import_path(config.model):
+        return build_model(
+            config.model, num_classes=num_classes, vocab_size=vocab_size, block_size=config.block_size,
+            weight_standardization=config.weight_standardization, gain=config.gain, tiny=config.tiny,
+            **config.model_options,
+        )
+    model = usercode.call_builder(config.model, "model", config, num_classes=num_classes, vocab_size=vocab_size)
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model builder {config.model!r} returned a {type(model).__name__}, not a torch.nn.Module; "
+                        f"return the network ({usercode.MODEL_SIGNATURE})")
+    if not any(True for _ in model.parameters()):
+        raise UserError(f"model builder {config.model!r} returned a {type(model).__name__} without parameters; "
+                        "return a network with trainable weights")
+    return model
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable scalars; a tied tensor (GPT's wte = lm_head) counts once."""
     return sum(p.numel() for p in model.parameters())
@@ -170,7 +200,9 @@ def param_groups(model: nn.Module, weight_decay: float, decay_on: str = "matrice
       (llm_baselines' GPT-2, used for the Wikitext runs: its optimizer groups put
       nn.Linear weights in the decay set, then remove lm_head.weight, which is wte;
       embeddings and LayerNorms get λ = 0).
-    Biases, norm affine parameters and gains are never decayed. The rotational
+    Biases, norm affine parameters and gains are never decayed. A model may name its
+    decayed tensors itself instead: a method `decayed_parameters()` returning names
+    from `named_parameters()` (rotsweep.usercode) replaces the rule. The rotational
     optimizers make exactly the decayed tensors rotational (official rule:
     rotational iff weight_decay != 0 and dim > 1). Each tensor appears once,
     even when it is shared (GPT's tied embedding).
@@ -179,7 +211,9 @@ def param_groups(model: nn.Module, weight_decay: float, decay_on: str = "matrice
         raise UserError(f"weight_decay={weight_decay!r} is invalid, expected a number >= 0")
     if decay_on not in WEIGHT_DECAY_RULES:
         raise UserError(f"weight_decay_on={decay_on!r} is invalid, expected one of {', '.join(WEIGHT_DECAY_RULES)}")
-    if decay_on == "matrices":
+    if callable(getattr(model, "decayed_parameters", None)):
+        decayed = _named_decayed(model)
+    elif decay_on == "matrices":
         decayed = {id(p) for p in model.parameters() if p.dim() >= 2}
     else:
         linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
@@ -190,3 +224,17 @@ def param_groups(model: nn.Module, weight_decay: float, decay_on: str = "matrice
         (decay if id(param) in decayed else no_decay).append(param)
     groups = [dict(params=decay, weight_decay=float(weight_decay)), dict(params=no_decay, weight_decay=0.0)]
     return [group for group in groups if group["params"]]
+
+
+def _named_decayed(model: nn.Module) -> set[int]:
+    """The tensors named by the model's own decayed_parameters() (ids), each name checked."""
+    named = dict(model.named_parameters())
+    names = model.decayed_parameters()
+    if isinstance(names, str):
+        names = [names]
+    names = list(names)
+    unknown = [name for name in names if name not in named]
+    if unknown:
+        raise UserError(f"{type(model).__name__}.decayed_parameters() names {unknown[0]!r}, which is not one of its "
+                        f"named_parameters() (e.g. {', '.join(list(named)[:3])}); return those names")
+    return {id(named[name]) for name in names}
