@@ -59,17 +59,24 @@ from rotsweep import store
 from rotsweep.analysis import results
 from rotsweep.analysis.figures.common import (  # noqa: F401  (the package's public names)
     ETA_R, ETA_R_HAT, FIGURE_FORMATS, FIGURES_DIR, METRICS, OPTIMIZER_NAMES, SOURCES, STATE_ORDER, FigureFiles,
-    Metric, MissingData, _best_configs, _is_randomwalk_dir, _number, _select_runs, _spread_out, add_variants,
+    Metric, MissingData, _best_configs, figure_name, numeric_axes,
+    _is_randomwalk_dir, _number, _select_runs, _spread_out, add_variants,
     best_rows, load_runs, pick_metric, rms_downsample, save, summarize, variant_colors, variant_order,
 )
 from rotsweep.analysis.figures.curves import curve_runs, draw_curves, plot_curves
 from rotsweep.analysis.figures.dynamics import (  # noqa: F401
-    DRAWN_ROWS, Schedule, _prediction_note, draw_dynamics, draw_neuron_dynamics, dynamics_selection, plot_dynamics,
-    read_dynamics,
+    DRAWN_ROWS, Schedule, _prediction_note, draw_dynamics, draw_neuron_dynamics, dynamics_selection,
+    neuron_weight, plot_dynamics, read_dynamics,
 )
-from rotsweep.analysis.figures.heatmap import cell_value, draw_heatmap, heatmap_cells, plot_heatmap  # noqa: F401
-from rotsweep.analysis.figures.imbalance import ImbalancePanel, draw_imbalance, imbalance_tables, plot_imbalance  # noqa: F401
-from rotsweep.analysis.figures.lr_sweep import draw_lr_sweep, lr_sweep_points, plot_lr_sweep  # noqa: F401
+from rotsweep.analysis.figures.heatmap import (  # noqa: F401
+    cell_value, draw_heatmap, heatmap_axes, heatmap_cells, plot_heatmap,
+)
+from rotsweep.analysis.figures.imbalance import (  # noqa: F401
+    ImbalancePanel, draw_imbalance, imbalance_tables, plot_imbalance,
+)
+from rotsweep.analysis.figures.lr_sweep import (  # noqa: F401
+    draw_lr_sweep, lr_sweep_input, lr_sweep_points, plot_lr_sweep,
+)
 from rotsweep.analysis.figures.randomwalk import (  # noqa: F401
     WALK_KEYS, draw_randomwalk, plot_randomwalk, read_randomwalks,
 )
@@ -104,7 +111,7 @@ FIGURES: dict[str, Figure] = {figure.name: figure for figure in [
     Figure("heatmap", "Figure 6 left: final metric over lr × weight decay, η̂_r contours (Table 1)", "heatmap",
            lambda sweep: heatmap_cells(load_runs(sweep)), plot_heatmap),
     Figure("lr-sweep", "Figures 4, 5, 7 left, 14: final metric against the learning rate, one line per variant",
-           "lr-sweep", lambda sweep: lr_sweep_points(load_runs(sweep)), plot_lr_sweep),
+           "lr-sweep", lambda sweep: lr_sweep_points(*lr_sweep_input(sweep)), plot_lr_sweep),
     Figure("curves", "Figure 5 left: train and validation loss over training", "curves",
            lambda sweep: curve_runs(load_runs(sweep), results.read_results(sweep, "curves")), plot_curves),
     Figure("dynamics", "Figures 3, 4, 6 right, 13: per-layer norm and rotation over training against Table 1",

@@ -141,12 +141,13 @@ def best_rows(table: pd.DataFrame, keys: list[str], metric: Metric) -> pd.DataFr
 # --- Runs, their configs and their variants -----------------------------------------------
 
 
-def load_runs(sweep: str | os.PathLike) -> pd.DataFrame:
-    """runs.parquet with a `variant` column; rows whose config could not be read are left out."""
+def load_runs(sweep: str | os.PathLike, *, axes: tuple[str, ...] = (), by: list[str] | None = None) -> pd.DataFrame:
+    """runs.parquet with a `variant` column (add_variants); rows whose config could not be read are left out."""
     runs = results.read_results(sweep, "runs")
     runs = runs[runs["lr"].notna()].reset_index(drop=True)
     # Without the config-less rows, RunConfig's flags are plain booleans again (not objects with None).
-    return add_variants(runs.astype({name: bool for name, base in results.CONFIG_TYPES.items() if base is bool}))
+    runs = runs.astype({name: bool for name, base in results.CONFIG_TYPES.items() if base is bool})
+    return add_variants(runs, axes=axes, by=by)
 
 
 def _width(model_options: str) -> int | None:
@@ -178,30 +179,63 @@ def _imbalance_name(run: pd.Series) -> str:
     return f"{run['imbalance_mode']} p={1 - run['imbalance_portion']:.0%} f={run['imbalance_factor']:g}"
 
 
-# What tells variants apart, in the order a variant's name lists it. The optimizer is always
-# named; another field only where it separates runs that the fields before it do not:
-# RV-AdamW comes with gains in the warmup sweep, so "gains" is not named again.
-VARIANT_PARTS: dict[str, Callable[[pd.Series], str]] = {
-    "optimizer": _optimizer_name,
-    "model": lambda run: run["model"],
-    "weight_standardization": lambda run: "+WS" if run["weight_standardization"] else "no WS",
-    "gain": lambda run: "+gains" if run["gain"] else "no gains",
-    "warmup": _warmup_name,
-    "imbalance": _imbalance_name,
-    "width": lambda run: f"width {_width(run['model_options'])}" if _width(run["model_options"]) else "full width",
+# What tells variants apart, in the order a variant's name lists it, and the RunConfig fields
+# each part describes. The optimizer is always named; another part only where it separates
+# runs that the parts before it do not: RV-AdamW comes with gains in the warmup sweep, so
+# "gains" is not named again.
+VARIANT_PARTS: dict[str, tuple[Callable[[pd.Series], str], set[str]]] = {
+    "optimizer": (_optimizer_name, {"optimizer", "rotational", "rv_eta_r_from"}),
+    "model": (lambda run: run["model"], {"model"}),
+    "weight_standardization": (lambda run: "+WS" if run["weight_standardization"] else "no WS",
+                               {"weight_standardization"}),
+    "gain": (lambda run: "+gains" if run["gain"] else "no gains", {"gain"}),
+    "warmup": (_warmup_name, {"warmup_steps", "warmup_epochs"}),
+    "imbalance": (_imbalance_name, {"imbalance_portion", "imbalance_factor", "imbalance_mode"}),
+    "width": (lambda run: f"width {_width(run['model_options'])}" if _width(run["model_options"]) else "full width",
+              {"model_options"}),
 }
-NAMED_FIELDS = {"model", "optimizer", "rotational", "rv_eta_r_from", "weight_standardization", "gain",
-                "warmup_steps", "warmup_epochs", "imbalance_portion", "imbalance_factor", "imbalance_mode"}
-SWEPT_FIELDS = {"lr", "weight_decay", "seed"}  # the figures' axes, never part of a variant
+NAMED_FIELDS = set().union(*(fields for _, fields in VARIANT_PARTS.values()))
+SWEPT_FIELDS = {"lr", "weight_decay", "seed"}  # the figures' usual axes, never part of a variant
 
 
-def add_variants(runs: pd.DataFrame) -> pd.DataFrame:
-    """Add `variant`, a readable name of everything but lr, λ and seed that differs between runs."""
+def check_columns(runs: pd.DataFrame, names, what: str) -> None:
+    """A UserError naming the columns of runs.parquet when one of `names` is not among them."""
+    unknown = [name for name in names if name not in runs.columns]
+    if unknown:
+        fields = ", ".join(name for name in results.CONFIG_TYPES if runs[name].nunique(dropna=False) > 1) or "none"
+        raise UserError(f"no column {', '.join(unknown)} in runs.parquet for {what}; choose a RunConfig field "
+                        f"(those that vary in this sweep: {fields}) or another column of runs.parquet "
+                        "(e.g. eta_lambda)")
+
+
+def _describe(runs: pd.DataFrame, name: str) -> pd.Series:
+    """Each run's label for the field or part `name`: "AdamW", "+WS", or "epochs 3"."""
+    if name in VARIANT_PARTS:
+        return runs.apply(VARIANT_PARTS[name][0], axis=1)
+    return runs[name].map(lambda value: f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}")
+
+
+def add_variants(runs: pd.DataFrame, *, axes: tuple[str, ...] = (), by: list[str] | None = None) -> pd.DataFrame:
+    """Add `variant`, a readable name of everything but lr, λ, seed and `axes` that differs between runs.
+
+    With `by` (RunConfig fields or VARIANT_PARTS names), the variant names those and nothing
+    else: runs that differ in anything else fall into one group (a figure then shows each
+    group's best setting, or mean over its runs).
+    """
     if runs.empty:
         return runs.assign(variant=pd.Series(dtype=str))
-    parts = {name: runs.apply(describe, axis=1) for name, describe in VARIANT_PARTS.items()}
+    check_columns(runs, [*axes, *[name for name in by or () if name not in VARIANT_PARTS]], "the figure's axes")
+    if by:
+        # In the order given; a field that a part describes (rotational: "RV-AdamW") by its part.
+        parts = [name if name in VARIANT_PARTS else next(
+            (part for part, (_, fields) in VARIANT_PARTS.items() if name in fields), name) for name in by]
+        labels = [_describe(runs, name) for name in dict.fromkeys(parts)]
+        return runs.assign(variant=pd.concat(labels, axis=1).agg(", ".join, axis=1))
+    excluded = SWEPT_FIELDS | set(axes)
+    parts = {name: _describe(runs, name) for name, (_, fields) in VARIANT_PARTS.items()
+             if name == "optimizer" or not fields & excluded}
     for name in results.CONFIG_TYPES:  # anything else that varies, e.g. epochs or rv_beta
-        if name not in NAMED_FIELDS | SWEPT_FIELDS:
+        if name not in NAMED_FIELDS | excluded:
             parts[name] = runs[name].map(lambda value, name=name: f"{name} {value}")
     key = parts["optimizer"]  # always named, so that a variant reads on its own: "AdamW, +WS"
     named = [parts.pop("optimizer")]
@@ -210,6 +244,32 @@ def add_variants(runs: pd.DataFrame) -> pd.DataFrame:
             named.append(labels)
             key = key + "|" + labels
     return runs.assign(variant=pd.concat(named, axis=1).agg(", ".join, axis=1))
+
+
+# How an axis is labelled; any other column is labelled by its name.
+AXIS_LABELS = {"lr": "peak learning rate η", "weight_decay": "weight decay λ", "eta_lambda": "η·λ"}
+
+
+def axis_label(name: str, log: bool) -> str:
+    return AXIS_LABELS.get(name, name) + (" (log scale)" if log else "")
+
+
+def numeric_axes(sweep: str | os.PathLike, runs: pd.DataFrame) -> list[str]:
+    """The sweep's numeric axes that vary among its runs: lr and weight_decay first, then the
+    manifest's grid ("axes") in its order, then any other numeric RunConfig field that varies."""
+    grid = list((store.read_manifest(sweep) or {}).get("axes") or {})
+    names = ["lr", "weight_decay", *grid, *results.CONFIG_TYPES]
+    return [name for name in dict.fromkeys(names) if name in runs.columns and name != "seed"
+            and pd.api.types.is_numeric_dtype(runs[name]) and not pd.api.types.is_bool_dtype(runs[name])
+            and runs[name].nunique() > 1]
+
+
+def figure_name(base: str, *axes: str | None, by: list[str] | None = None) -> str:
+    """The file name of a figure drawn over other axes than its default: lr_sweep, lr_sweep-x-epochs, ..."""
+    parts = [base, *(f"{key}-{value}" for key, value in zip("xy", axes) if value)]
+    if by:
+        parts.append("by-" + "-".join(by))
+    return "-".join(parts)
 
 
 def variant_order(runs: pd.DataFrame) -> list[str]:

@@ -13,6 +13,7 @@ from matplotlib.lines import Line2D
 
 from rotsweep.analysis import results
 from rotsweep.analysis.figures.common import (
+    figure_name,
     FigureFiles, MissingData, _number, _select_runs, _steps_axis, load_runs, save, variant_colors,
 )
 
@@ -69,7 +70,8 @@ def draw_curves(runs: pd.DataFrame, curves: pd.DataFrame, run_ids: list[str] | N
 
 
 def plot_curves(sweep: str | os.PathLike, run_ids: list[str] | None = None, metric: str | None = None,
-                files: FigureFiles = FigureFiles()) -> list[Path]:
-    """Figure 5 left → SWEEP/figures/curves.png and .pdf."""
-    return save(draw_curves(load_runs(sweep), results.read_results(sweep, "curves"), run_ids, metric), sweep, "curves",
-                files)
+                files: FigureFiles = FigureFiles(), by: list[str] | None = None) -> list[Path]:
+    """Figure 5 left → SWEEP/figures/curves.png and .pdf; with `by` (fields, as add_variants) the
+    best run of each of their values → curves-by-FIELD.png."""
+    fig = draw_curves(load_runs(sweep, by=by), results.read_results(sweep, "curves"), run_ids, metric)
+    return save(fig, sweep, figure_name("curves", by=by), files)

@@ -18,6 +18,7 @@ from matplotlib.patches import Patch
 from rotsweep import theory
 from rotsweep.analysis import results
 from rotsweep.analysis.figures.common import (
+    figure_name,
     ETA_R, ETA_R_HAT, FigureFiles, MissingData, NORM, NORM_HAT, PREDICTION, _log_y, _number, _select_runs,
     _spread_out, _steps_axis, load_runs, rms_downsample, save,
 )
@@ -239,15 +240,16 @@ def draw_neuron_dynamics(chosen: pd.DataFrame, weight: str, dynamics: pd.DataFra
 
 
 def dynamics_selection(sweep: str | os.PathLike, run_ids: list[str] | None = None, layers: list[str] | None = None,
-                       metric: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+                       metric: str | None = None, by: list[str] | None = None
+                       ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(layers.parquet of the chosen runs, the chosen rows of load_runs(), the weights to draw).
 
-    Runs: `run_ids`, or each variant's best (lr, λ) run, at most four. Weights: `layers`,
-    or every weight with dynamics, in the model's order. Unknown ones are a UserError
-    that lists the valid ones.
+    Runs: `run_ids`, or each variant's (or each value of `by`'s, add_variants) best (lr, λ)
+    run, at most four. Weights: `layers`, or every weight with dynamics, in the model's
+    order. Unknown ones are a UserError that lists the valid ones.
     """
     layers_wanted = layers
-    runs = load_runs(sweep)
+    runs = load_runs(sweep, by=by)
     layers = results.read_results(sweep, "layers")
     runs_with = runs[runs["run_id"].isin(layers["run_id"])]
     if runs_with.empty:
@@ -267,24 +269,30 @@ def dynamics_selection(sweep: str | os.PathLike, run_ids: list[str] | None = Non
     return layers, chosen, weights
 
 
+def neuron_weight(layer_table: pd.DataFrame, weights: list[str]) -> str:
+    """The weight whose neurons rotate the most unevenly (layers.parquet's imbalance_neurons,
+    averaged over the chosen runs), the first weight if none was measured."""
+    spread = layer_table[layer_table["param"].isin(weights)].groupby("param")["imbalance_neurons"].mean()
+    return spread.idxmax() if spread.notna().any() else weights[0]
+
+
 def plot_dynamics(sweep: str | os.PathLike, run_ids: list[str] | None = None, layers: list[str] | None = None,
-                  neurons: bool = False, metric: str | None = None, files: FigureFiles = FigureFiles()) -> list[Path]:
+                  neurons: bool = False, metric: str | None = None, files: FigureFiles = FigureFiles(),
+                  by: list[str] | None = None) -> list[Path]:
     """Figures 3, 4 middle/right, 6 right, 13 (per layer) → SWEEP/figures/dynamics.png and .pdf;
     with neurons=True, Figure 7 right (the neurons of one weight) → dynamics_neurons.png and .pdf.
 
-    run_ids and layers choose the runs and weights (dynamics_selection). With neurons=True
-    the weight is the first of `layers`, by default the one whose neurons rotate the most
-    unevenly (layers.parquet's imbalance_neurons, averaged over the chosen runs).
+    run_ids, layers and by choose the runs and weights (dynamics_selection). With
+    neurons=True the weight is the first of `layers`, by default neuron_weight().
+    Only the chosen runs' rows of the drawn weights and statistics are read.
     """
-    layer_table, chosen, weights = dynamics_selection(sweep, run_ids, layers, metric)
+    layer_table, chosen, weights = dynamics_selection(sweep, run_ids, layers, metric, by)
     curves = results.read_results(sweep, "curves")
     if neurons:
-        if layers:
-            weight = layers[0]
-        else:
-            spread = layer_table[layer_table["param"].isin(weights)].groupby("param")["imbalance_neurons"].mean()
-            weight = spread.idxmax() if spread.notna().any() else weights[0]
+        weight = layers[0] if layers else neuron_weight(layer_table, weights)
         dynamics = read_dynamics(sweep, chosen["run_id"].tolist(), [weight])
-        return save(draw_neuron_dynamics(chosen, weight, dynamics, curves), sweep, "dynamics_neurons", files)
+        fig = draw_neuron_dynamics(chosen, weight, dynamics, curves)
+        return save(fig, sweep, figure_name("dynamics_neurons", by=by), files)
     dynamics = results.read_dynamics(sweep, chosen["run_id"].tolist(), pairs=DRAWN_ROWS, params=weights)
-    return save(draw_dynamics(chosen, weights, dynamics, layer_table, curves), sweep, "dynamics", files)
+    return save(draw_dynamics(chosen, weights, dynamics, layer_table, curves), sweep, figure_name("dynamics", by=by),
+                files)

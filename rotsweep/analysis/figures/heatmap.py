@@ -17,11 +17,13 @@ from matplotlib.patches import Patch, Rectangle
 
 from rotsweep.analysis import results
 from rotsweep.analysis.figures.common import (
+    AXIS_LABELS, axis_label, best_rows, check_columns, figure_name, numeric_axes,
     CONTOUR_COLOR, ETA_R_HAT, FigureFiles, Metric, MissingData, STATE_ORDER, _number, load_runs, pick_metric, save,
     summarize,
 )
 from rotsweep.analysis.results import run_config
 from rotsweep.config import RunConfig
+from rotsweep.errors import UserError
 
 
 # --- Figure 6 left: the lr × λ heatmap ------------------------------------------------------
@@ -94,14 +96,15 @@ def _rotation_contours(ax: plt.Axes, config: RunConfig, lrs: list[float], weight
     return what
 
 
-def _heatmap_panel(ax, cells: pd.DataFrame, config: RunConfig, metric: Metric, cmap, vmin, vmax) -> dict:
-    """One optimizer's grid; returns which legend entries it needs."""
-    lrs = sorted(cells["lr"].unique())
-    weight_decays = sorted(cells["weight_decay"].unique(), reverse=True)  # largest at the top, λ = 0 last
-    grid = cells.set_index(["weight_decay", "lr"])
-    mean = grid["mean"].unstack("lr").reindex(index=weight_decays, columns=lrs)
-    state = grid["state"].unstack("lr").reindex(index=weight_decays, columns=lrs)
-    diverged = grid["diverged"].unstack("lr").reindex(index=weight_decays, columns=lrs)
+def _heatmap_panel(ax, cells: pd.DataFrame, config: RunConfig, metric: Metric, cmap, vmin, vmax,
+                   x: str = "lr", y: str = "weight_decay") -> dict:
+    """One variant's grid (columns the values of x, rows those of y); returns which legend entries it needs."""
+    lrs = sorted(cells[x].unique())  # the columns: learning rates in the paper's heatmap
+    weight_decays = sorted(cells[y].unique(), reverse=True)  # the rows, largest at the top (λ = 0 last)
+    grid = cells.set_index([y, x])
+    mean = grid["mean"].unstack(x).reindex(index=weight_decays, columns=lrs)
+    state = grid["state"].unstack(x).reindex(index=weight_decays, columns=lrs)
+    diverged = grid["diverged"].unstack(x).reindex(index=weight_decays, columns=lrs)
     values = mean.where(state == "done")
 
     digits = ".1f" if metric.name == "val_top1" else ".3g"
@@ -126,43 +129,65 @@ def _heatmap_panel(ax, cells: pd.DataFrame, config: RunConfig, metric: Metric, c
 
     ax.set_xticks(np.arange(len(lrs)) + 0.5, [_number(v) for v in lrs], rotation=45 if len(lrs) > 4 else 0)
     ax.set_yticks(np.arange(len(weight_decays)) + 0.5, [_number(v) for v in weight_decays], rotation=0)
-    ax.set_xlabel("learning rate η (log scale)")
-    ax.set_ylabel(("ℓ2 coefficient" if config.optimizer == "adam-l2" else "weight decay") + " λ (log scale)")
-    if weight_decays[-1] == 0:  # the λ = 0 row is below the log-spaced ones: set it apart
+    paper = (x, y) == ("lr", "weight_decay")  # Figure 6's axes: Table 1 gives η̂_r over them
+    ax.set_xlabel("learning rate η (log scale)" if x == "lr" else axis_label(x, log=False))
+    ax.set_ylabel(("ℓ2 coefficient" if config.optimizer == "adam-l2" else "weight decay") + " λ (log scale)"
+                  if y == "weight_decay" else axis_label(y, log=False))
+    zero = y == "weight_decay" and weight_decays[-1] == 0
+    if zero:  # the λ = 0 row is below the log-spaced ones: set it apart
         ax.axhline(len(weight_decays) - 1, color="black", linewidth=1.5, zorder=6)
-    contours = _rotation_contours(ax, config, lrs, weight_decays)
-    return {"contours": contours, "zero": weight_decays[-1] == 0, "marked": set(state.stack()) & set(marks),
+    contours = _rotation_contours(ax, config, lrs, weight_decays) if paper else None
+    return {"contours": contours, "zero": zero, "marked": set(state.stack()) & set(marks),
             "dagger": bool((diverged.where(state == "done") > 0).any().any()), "blank": bool(state.isna().any().any())}
 
 
-def heatmap_cells(runs: pd.DataFrame, metric: str | None = None) -> tuple[Metric, pd.DataFrame, list[str]]:
-    """(metric, one summarize() row per variant × λ × lr, the variants with a grid of two or more of each)."""
+def heatmap_cells(runs: pd.DataFrame, metric: str | None = None, x: str = "lr", y: str = "weight_decay",
+                  full_grid: bool = True) -> tuple[Metric, pd.DataFrame, list[str]]:
+    """(metric, one summarize() row per variant × y × x, the variants drawn as panels).
+
+    x and y are lr and λ by default, or any numeric columns of runs.parquet; lr and λ other
+    than x and y are tuned in each cell (its best, as lr_sweep_points). A panel needs a
+    grid (full_grid: some y at several x and some x at several y, not a line such as
+    η·λ = const), or else two or more values of each (a sparse grid, blank where no run is).
+    """
+    check_columns(runs, [x, y], "the heatmap's axes")
+    if x == y:
+        raise UserError(f"the heatmap's x and y are both {x}; give two different fields")
     chosen = pick_metric(runs, metric)
-    cells = summarize(runs, ["variant", "weight_decay", "lr"], chosen)
-    # A grid, not a line such as η·λ = const: some λ at several lr, and some lr at several λ.
-    panels = [variant for variant, group in cells.groupby("variant", sort=False)  # summarize sorted them
-              if group.groupby("weight_decay")["lr"].nunique().max() > 1
-              and group.groupby("lr")["weight_decay"].nunique().max() > 1]
+    tuned = [name for name in ("lr", "weight_decay") if name not in (x, y)]
+    cells = summarize(runs, ["variant", y, x, *tuned], chosen)
+    if tuned:
+        cells = best_rows(cells, ["variant", y, x], chosen)
+    if full_grid:
+        panels = [variant for variant, group in cells.groupby("variant", sort=False)  # summarize sorted them
+                  if group.groupby(y)[x].nunique().max() > 1 and group.groupby(x)[y].nunique().max() > 1]
+    else:
+        panels = [variant for variant, group in cells.groupby("variant", sort=False)
+                  if group[x].nunique() > 1 and group[y].nunique() > 1]
     if not panels:
-        raise MissingData("heatmap", "lr × weight-decay grid (several lr at one λ and several λ at one lr)")
+        shape = "grid (several lr at one λ and several λ at one lr)" if full_grid else "grid (two or more of each)"
+        names = "lr × weight-decay" if (x, y) == ("lr", "weight_decay") else f"{x} × {y}"
+        raise MissingData("heatmap", f"{names} {shape}")
     return chosen, cells[cells["variant"].isin(panels)], panels
 
 
-def draw_heatmap(runs: pd.DataFrame, metric: str | None = None) -> plt.Figure:
-    """Figure 6 left from a runs table (with variants): one panel per variant with an lr × λ grid."""
-    chosen, cells, panels = heatmap_cells(runs, metric)
+def draw_heatmap(runs: pd.DataFrame, metric: str | None = None, x: str = "lr", y: str = "weight_decay",
+                 full_grid: bool = True) -> plt.Figure:
+    """Figure 6 left from a runs table (with variants): one panel per variant with an lr × λ grid
+    (or x × y, heatmap_cells)."""
+    chosen, cells, panels = heatmap_cells(runs, metric, x, y, full_grid)
     finished = cells.loc[cells["state"] == "done", "mean"]
     vmin, vmax = (finished.min(), finished.max()) if len(finished) else (0.0, 1.0)
     cmap = "viridis" if chosen.higher_is_better else "viridis_r"  # yellow is good either way
 
-    widths = [max(3.6, 0.55 * cells.loc[cells["variant"] == v, "lr"].nunique() + 1.6) for v in panels]
-    rows = max(cells.loc[cells["variant"] == v, "weight_decay"].nunique() for v in panels)
+    widths = [max(3.6, 0.55 * cells.loc[cells["variant"] == v, x].nunique() + 1.6) for v in panels]
+    rows = max(cells.loc[cells["variant"] == v, y].nunique() for v in panels)
     fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths) + 1.2, max(3.4, 0.42 * rows + 2.2)),
                              width_ratios=widths, squeeze=False, layout="constrained")
     needs = []
     for ax, variant in zip(axes[0], panels):
         config = run_config(runs[runs["variant"] == variant].iloc[0])
-        needs.append(_heatmap_panel(ax, cells[cells["variant"] == variant], config, chosen, cmap, vmin, vmax))
+        needs.append(_heatmap_panel(ax, cells[cells["variant"] == variant], config, chosen, cmap, vmin, vmax, x, y))
         ax.set_title(variant)
     fig.colorbar(ScalarMappable(Normalize(vmin, vmax), cmap), ax=axes[0].tolist(), label=chosen.label, shrink=0.9)
 
@@ -188,10 +213,35 @@ def draw_heatmap(runs: pd.DataFrame, metric: str | None = None) -> plt.Figure:
     if any(need["zero"] for need in needs):
         handles.append(Line2D([], [], color="black", linewidth=1.5, label="below: λ = 0, no equilibrium (no contour)"))
     fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
-    fig.suptitle(f"Final {chosen.label} over learning rate × weight decay (mean of finished seeds)")
+    over = ("learning rate × weight decay" if (x, y) == ("lr", "weight_decay")
+            else f"{AXIS_LABELS.get(x, x)} × {AXIS_LABELS.get(y, y)}")
+    tuned = [name for name in ("lr", "weight_decay") if name not in (x, y)]
+    best = f", best {' and '.join('λ' if n == 'weight_decay' else 'η' for n in tuned)} per cell" if tuned else ""
+    fig.suptitle(f"Final {chosen.label} over {over} (mean of finished seeds{best})")
     return fig
 
 
-def plot_heatmap(sweep: str | os.PathLike, metric: str | None = None, files: FigureFiles = FigureFiles()) -> list[Path]:
-    """Figure 6 left → SWEEP/figures/heatmap.png and .pdf."""
-    return save(draw_heatmap(load_runs(sweep), metric), sweep, "heatmap", files)
+def heatmap_axes(sweep: str | os.PathLike, runs: pd.DataFrame) -> tuple[str, str]:
+    """The default axes: lr and weight_decay when both vary, else the sweep's first two numeric axes."""
+    axes = numeric_axes(sweep, runs)
+    if {"lr", "weight_decay"} <= set(axes) or len(axes) < 2:
+        return "lr", "weight_decay"
+    return axes[0], axes[1]
+
+
+def plot_heatmap(sweep: str | os.PathLike, metric: str | None = None, files: FigureFiles = FigureFiles(),
+                 x: str | None = None, y: str | None = None, by: list[str] | None = None) -> list[Path]:
+    """Figure 6 left → SWEEP/figures/heatmap.png and .pdf; over other axes (x, y, as heatmap_cells;
+    default heatmap_axes) → heatmap-x-X-y-Y.png. Given axes may form a sparse grid (e.g. the
+    line η·λ = const, whose cells then lie along an η̂_r contour)."""
+    full_grid = x is None and y is None
+    if x is None or y is None:
+        default_x, default_y = heatmap_axes(sweep, load_runs(sweep, by=by))
+        if x is None and y is None:
+            x, y = default_x, default_y
+        elif x is None:  # the other default axis where y took x's
+            x = default_x if default_x != y else default_y
+        else:
+            y = default_y if default_y != x else default_x
+    name = "heatmap" if full_grid and not by else figure_name("heatmap", x, y, by=by)
+    return save(draw_heatmap(load_runs(sweep, axes=(x, y), by=by), metric, x, y, full_grid), sweep, name, files)
