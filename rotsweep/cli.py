@@ -723,6 +723,20 @@ def plot_all(
         raise typer.Exit(1)
 
 
+@app.command(epilog=examples("rotsweep gather sweeps/eta-lambda-resnet20-tiny",
+                             "rotsweep report sweeps/eta-lambda-resnet20-tiny"))
+@reports_user_errors
+def report(sweep: Path = typer.Argument(..., help="a gathered sweep directory")) -> None:
+    """SWEEP/report.html (self-contained: figures embedded) and report.md: grid, results table, Table 1
+    predictions, every figure the sweep supports, failures with their logs."""
+    _figures()  # the report draws figures: Agg, as for `plot`
+    from rotsweep.analysis.report import sweep_report
+
+    markdown, page = sweep_report(sweep)
+    typer.echo(f"{page}\n{markdown}")
+    _note_gather_problems(sweep)
+
+
 @app.command()
 @reports_user_errors
 def demo(

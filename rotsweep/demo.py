@@ -701,10 +701,11 @@ class DemoReport:
 
 def write_report(out: Path, *, wall_s: float, quick: bool, findings: list[Finding], figures: dict[str, list[Path]],
                  sections: dict[str, str], executor: str) -> Path:
-    """OUT/report.md: per experiment its figures, the paper's finding and this run's numbers."""
-    lines = [
-        "# Rotational Equilibrium in miniature" + (" (quick demo)" if quick else ""),
-        "",
+    """OUT/report.md (and the self-contained OUT/report.html, rotsweep.analysis.report): per experiment
+    its figures, the paper's finding and this run's numbers."""
+    from rotsweep.analysis import report
+
+    intro = [
         f"Wall time {wall_s / 60:.1f} min ({wall_s:.0f} s) on the {executor} executor. Every run is a tiny "
         "version of the paper's (small models, synthetic data, hundreds of steps on a CPU); the findings below "
         "are measured from the gathered results, never assumed.",
@@ -718,21 +719,20 @@ def write_report(out: Path, *, wall_s: float, quick: bool, findings: list[Findin
         "| finding | paper | this run | effect | spread over seeds | margin | verdict |",
         "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {f.key} | {f.paper} | {f.measured} | {f.effect.mean:+.3g} {f.effect.unit} ({f.effect.n} seeds) "
+    intro += [f"| {f.key} | {f.paper} | {f.measured} | {f.effect.mean:+.3g} {f.effect.unit} ({f.effect.n} seeds) "
               f"| {f.effect.spread:.2g} | {f.effect.margin:.2g} | **{f.verdict}** |" for f in findings]
+    parts = []
     for section, (title, paper) in SECTIONS.items():
         if section not in figures:
             continue  # not part of this demo (the quick one leaves some experiments out)
-        lines += ["", f"## {title}", "", f"- **Paper:** {paper}"]
+        lines = [f"- **Paper:** {paper}"]
         lines += [f"- **This run:** {sections[section]}"] if section in sections else []
-        for finding in findings:
-            if finding.experiment == section:
-                lines.append(f"- **Finding ({finding.verdict}):** {finding.paper}. Measured: {finding.line}.")
-        for path in figures.get(section, []):
-            lines += ["", f"![{path.stem}]({path.relative_to(out).as_posix()})"]
-    report = out / "report.md"
-    store.write_text(report, "\n".join(lines) + "\n")
-    return report
+        lines += [f"- **Finding ({finding.verdict}):** {finding.paper}. Measured: {finding.line}."
+                  for finding in findings if finding.experiment == section]
+        parts.append(report.Section(title, lines, list(figures.get(section, []))))
+    title = "Rotational Equilibrium in miniature" + (" (quick demo)" if quick else "")
+    markdown, _ = report.write(report.Document(title, intro, parts), out)
+    return markdown
 
 
 # --- The demo ------------------------------------------------------------------------------

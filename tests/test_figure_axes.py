@@ -18,25 +18,16 @@ import pytest
 from matplotlib.contour import ContourSet
 from PIL import Image
 
-from rotsweep import launch, store, sweepfile, theory, train
-from rotsweep.analysis import figures, gather
+from rotsweep import theory
+from rotsweep.analysis import figures
 from rotsweep.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-SHORT = ["steps=12", "eval_interval=4", "eval_batches=1", "dynamics_interval=2", "checkpoint_interval=1000"]
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("axes") / "eta-lambda-tiny"
-    plan = launch.make_file_plan(sweepfile.load(REPO / "examples" / "eta-lambda-tiny.toml"), scale="tiny", out=out,
-                                 overrides=SHORT)
-    for run in plan.runs:
-        train.run(run.config, run.run_dir)
-    store.write_manifest(out, {"experiment": plan.experiment, "model": plan.model, "scale": "tiny", "seeds": None,
-                               "overrides": SHORT, "axes": plan.axes, "runs": [run.config.run_id for run in plan.runs]})
-    gather.gather(out)
-    return out
+def sweep(eta_lambda_file_sweep) -> Path:
+    return eta_lambda_file_sweep
 
 
 def test_the_sweep_is_a_line_of_constant_eta_lambda(sweep):

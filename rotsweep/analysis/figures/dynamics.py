@@ -4,6 +4,7 @@ and predicted (η̂_r at the scheduled lr, the equilibrium norm and the transien
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -42,6 +43,7 @@ def read_dynamics(sweep: str | os.PathLike, run_ids: list[str], params: list[str
                                 params=params)
 
 
+@dataclass
 class Schedule:
     """A run's lr schedule as train.py applied it, and Table 1's predictions along it."""
 
