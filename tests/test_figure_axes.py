@@ -121,3 +121,24 @@ def test_cli_draws_heatmap_and_lr_sweep_over_the_given_axes(sweep):
     assert done.stdout.strip() == str(sweep / "figures" / "lr_sweep-by-optimizer.png")
     done = rotsweep("plot", "lr-sweep", str(sweep), "--x", "nonsense")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no column nonsense" in done.stderr
+
+
+def test_defaults_come_from_the_sweeps_own_grid(tmp_path):
+    """The stored imbalance sweep trains every run at one lr: lr-sweep and heatmap take its own axes."""
+    import shutil
+
+    sweep = tmp_path / "imbalance"
+    shutil.copytree(REPO / "tests" / "fixtures" / "figure-numbers" / "sweeps" / "imbalance", sweep)
+    runs = figures.load_runs(sweep)
+    assert runs["lr"].nunique() == 1
+    axes = figures.numeric_axes(sweep, runs)
+    assert axes[0] == "weight_decay" and "lr" not in axes
+    (png,) = figures.plot_lr_sweep(sweep, files=figures.FigureFiles(("png",), 60))
+    assert png.name == "lr_sweep-x-weight_decay.png"
+    x, y = figures.heatmap_axes(sweep, runs)
+    assert (x, y) == tuple(axes[:2])
+    (png,) = figures.plot_heatmap(sweep, files=figures.FigureFiles(("png",), 60))
+    assert png.name == f"heatmap-x-{x}-y-{y}.png"
+    # `plot all` keeps the paper's axes: no lr × λ grid and one lr, so neither figure.
+    drawn = figures.plot_all(sweep, figures.FigureFiles(("png",), 60))
+    assert {"heatmap", "lr-sweep"} <= set(drawn.skipped)

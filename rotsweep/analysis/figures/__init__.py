@@ -103,15 +103,25 @@ class Figure:
         return SOURCES[self.data]
 
 
+# `plot all` and the report draw the paper's axes (lr, and λ for the heatmap); the single
+# commands fall back to the sweep's own axes where those do not vary (plot_heatmap, plot_lr_sweep).
+def _paper_heatmap(sweep, files: FigureFiles = FigureFiles()) -> list[Path]:
+    return plot_heatmap(sweep, files=files, x="lr", y="weight_decay", full_grid=True)
+
+
+def _paper_lr_sweep(sweep, files: FigureFiles = FigureFiles()) -> list[Path]:
+    return plot_lr_sweep(sweep, files=files, x="lr")
+
+
 def _dynamics_neurons(sweep, files: FigureFiles = FigureFiles()) -> list[Path]:
     return plot_dynamics(sweep, neurons=True, files=files)
 
 
 FIGURES: dict[str, Figure] = {figure.name: figure for figure in [
     Figure("heatmap", "Figure 6 left: final metric over lr × weight decay, η̂_r contours (Table 1)", "heatmap",
-           lambda sweep: heatmap_cells(load_runs(sweep)), plot_heatmap),
+           lambda sweep: heatmap_cells(load_runs(sweep)), _paper_heatmap),
     Figure("lr-sweep", "Figures 4, 5, 7 left, 14: final metric against the learning rate, one line per variant",
-           "lr-sweep", lambda sweep: lr_sweep_points(*lr_sweep_input(sweep)), plot_lr_sweep),
+           "lr-sweep", lambda sweep: lr_sweep_points(load_runs(sweep)), _paper_lr_sweep),
     Figure("curves", "Figure 5 left: train and validation loss over training", "curves",
            lambda sweep: curve_runs(load_runs(sweep), results.read_results(sweep, "curves")), plot_curves),
     Figure("dynamics", "Figures 3, 4, 6 right, 13: per-layer norm and rotation over training against Table 1",

@@ -232,8 +232,12 @@ def add_variants(runs: pd.DataFrame, *, axes: tuple[str, ...] = (), by: list[str
         labels = [_describe(runs, name) for name in dict.fromkeys(parts)]
         return runs.assign(variant=pd.concat(labels, axis=1).agg(", ".join, axis=1))
     excluded = SWEPT_FIELDS | set(axes)
-    parts = {name: _describe(runs, name) for name, (_, fields) in VARIANT_PARTS.items()
-             if name == "optimizer" or not fields & excluded}
+    parts = {}
+    for name, (_, fields) in VARIANT_PARTS.items():
+        if name == "optimizer" or not fields & excluded:
+            parts[name] = _describe(runs, name)
+        else:  # an axis is one of the part's fields: name the others on their own
+            parts.update({field: _describe(runs, field) for field in sorted(fields - excluded)})
     for name in results.CONFIG_TYPES:  # anything else that varies, e.g. epochs or rv_beta
         if name not in NAMED_FIELDS | excluded:
             parts[name] = runs[name].map(lambda value, name=name: f"{name} {value}")

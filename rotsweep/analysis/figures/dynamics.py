@@ -261,7 +261,8 @@ def dynamics_selection(sweep: str | os.PathLike, run_ids: list[str] | None = Non
         chosen = chosen.drop_duplicates("variant")
     layers = layers[layers["run_id"].isin(chosen["run_id"])]
     # Model order (the recorder's), not alphabetical: weights as they first appear in the dynamics.
-    weights = list(dict.fromkeys(read_dynamics(sweep, chosen["run_id"].tolist()[:1], reductions=("mean",))["param"]))
+    first = results.read_dynamics(sweep, chosen["run_id"].tolist()[:1], pairs=[("angular_update", "mean")])
+    weights = list(dict.fromkeys(first["param"]))
     weights = [w for w in weights if w in set(layers["param"])] + sorted(set(layers["param"]) - set(weights))
     if layers_wanted:
         unknown = [w for w in layers_wanted if w not in weights]

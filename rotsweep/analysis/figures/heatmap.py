@@ -215,7 +215,7 @@ def draw_heatmap(runs: pd.DataFrame, metric: str | None = None, x: str = "lr", y
     fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     over = ("learning rate × weight decay" if (x, y) == ("lr", "weight_decay")
             else f"{AXIS_LABELS.get(x, x)} × {AXIS_LABELS.get(y, y)}")
-    tuned = [name for name in ("lr", "weight_decay") if name not in (x, y)]
+    tuned = [name for name in ("lr", "weight_decay") if name not in (x, y) and runs[name].nunique() > 1]
     best = f", best {' and '.join('λ' if n == 'weight_decay' else 'η' for n in tuned)} per cell" if tuned else ""
     fig.suptitle(f"Final {chosen.label} over {over} (mean of finished seeds{best})")
     return fig
@@ -230,11 +230,13 @@ def heatmap_axes(sweep: str | os.PathLike, runs: pd.DataFrame) -> tuple[str, str
 
 
 def plot_heatmap(sweep: str | os.PathLike, metric: str | None = None, files: FigureFiles = FigureFiles(),
-                 x: str | None = None, y: str | None = None, by: list[str] | None = None) -> list[Path]:
+                 x: str | None = None, y: str | None = None, by: list[str] | None = None,
+                 full_grid: bool | None = None) -> list[Path]:
     """Figure 6 left → SWEEP/figures/heatmap.png and .pdf; over other axes (x, y, as heatmap_cells;
-    default heatmap_axes) → heatmap-x-X-y-Y.png. Given axes may form a sparse grid (e.g. the
-    line η·λ = const, whose cells then lie along an η̂_r contour)."""
-    full_grid = x is None and y is None
+    default heatmap_axes) → heatmap-x-X-y-Y.png. Axes given by the caller may form a sparse
+    grid (full_grid None: e.g. the line η·λ = const, whose cells then lie along an η̂_r contour)."""
+    if full_grid is None:
+        full_grid = x is None and y is None
     if x is None or y is None:
         default_x, default_y = heatmap_axes(sweep, load_runs(sweep, by=by))
         if x is None and y is None:
@@ -243,5 +245,6 @@ def plot_heatmap(sweep: str | os.PathLike, metric: str | None = None, files: Fig
             x = default_x if default_x != y else default_y
         else:
             y = default_y if default_y != x else default_x
-    name = "heatmap" if full_grid and not by else figure_name("heatmap", x, y, by=by)
+    paper = (x, y) == ("lr", "weight_decay") and full_grid
+    name = "heatmap" if paper and not by else figure_name("heatmap", x, y, by=by)
     return save(draw_heatmap(load_runs(sweep, axes=(x, y), by=by), metric, x, y, full_grid), sweep, name, files)
