@@ -555,6 +555,8 @@ plot_app = typer.Typer(
         "rotsweep gather sweeps/adam-vs-adamw-resnet18-tiny",
         "rotsweep plot all sweeps/adam-vs-adamw-resnet18-tiny",
         "rotsweep plot heatmap sweeps/adam-vs-adamw-resnet18-tiny --metric val_loss",
+        "rotsweep plot heatmap sweeps/eta-lambda-tiny-resnet20-tiny --x lr --y weight_decay",
+        "rotsweep plot lr-sweep sweeps/warmup-gpt2-tiny --by optimizer --by warmup_steps",
         "rotsweep plot dynamics sweeps/dynamics-gpt2-tiny --run RUN_ID",
         "rotsweep plot randomwalk sweeps/randomwalk",
     ),
@@ -619,9 +621,9 @@ def _note_gather_problems(sweep: Path) -> None:
 def plot_heatmap(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
-    x: Optional[str] = typer.Option(None, "--x", help=X_HELP),
-    y: Optional[str] = typer.Option(None, "--y", help=Y_HELP),
-    by: list[str] = typer.Option([], "--by", help=BY_HELP),
+    x: Optional[str] = typer.Option(None, "--x", metavar="FIELD", help=X_HELP),
+    y: Optional[str] = typer.Option(None, "--y", metavar="FIELD", help=Y_HELP),
+    by: list[str] = typer.Option([], "--by", metavar="FIELD", help=BY_HELP),
     format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
     dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
@@ -635,8 +637,8 @@ def plot_heatmap(
 def plot_lr_sweep(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
-    x: Optional[str] = typer.Option(None, "--x", help=X_HELP),
-    by: list[str] = typer.Option([], "--by", help=BY_HELP),
+    x: Optional[str] = typer.Option(None, "--x", metavar="FIELD", help=X_HELP),
+    by: list[str] = typer.Option([], "--by", metavar="FIELD", help=BY_HELP),
     format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
     dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
@@ -651,7 +653,7 @@ def plot_curves(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
     run: list[str] = typer.Option([], "--run", help="run ids (repeatable; default: the best run per variant)"),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
-    by: list[str] = typer.Option([], "--by", help=BY_HELP),
+    by: list[str] = typer.Option([], "--by", metavar="FIELD", help=BY_HELP),
     format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
     dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
@@ -668,7 +670,7 @@ def plot_dynamics(
     layer: list[str] = typer.Option([], "--layer", help="weight names (repeatable; default: all)"),
     neurons: bool = typer.Option(False, "--neurons", help="per-neuron rotation of one layer (Figure 7R)"),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
-    by: list[str] = typer.Option([], "--by", help=BY_HELP),
+    by: list[str] = typer.Option([], "--by", metavar="FIELD", help=BY_HELP),
     format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
     dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:

@@ -19,7 +19,7 @@ from matplotlib.contour import ContourSet
 from PIL import Image
 
 from rotsweep import theory
-from rotsweep.analysis import figures
+from rotsweep.analysis import figures, gather
 from rotsweep.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,3 +142,28 @@ def test_defaults_come_from_the_sweeps_own_grid(tmp_path):
     # `plot all` keeps the paper's axes: no lr × λ grid and one lr, so neither figure.
     drawn = figures.plot_all(sweep, figures.FigureFiles(("png",), 60))
     assert {"heatmap", "lr-sweep"} <= set(drawn.skipped)
+
+
+def test_curves_and_dynamics_grouped_by_any_field(tmp_path):
+    """--by on the stored eta-lambda sweep (AdamW and RV-AdamW at 5 lr, 2 seeds)."""
+    import shutil
+
+    sweep = tmp_path / "eta-lambda"
+    shutil.copytree(REPO / "tests" / "fixtures" / "figure-numbers" / "sweeps" / "eta-lambda", sweep)
+    # One group (every run has the same model): the dynamics figure shows that group's best run.
+    layers, chosen, weights = figures.dynamics_selection(sweep, by=["model"])
+    runs = figures.load_runs(sweep, by=["model"])
+    done = runs[runs["status"] == "done"]
+    best = done.groupby(["lr", "weight_decay"])["final_val_top1"].mean().idxmax()
+    assert len(chosen) == 1 and (chosen["lr"].item(), chosen["weight_decay"].item()) == best
+    # By seed: a line per seed, each at its own best (lr, λ).
+    by_seed = figures.load_runs(sweep, by=["seed"])
+    chosen_runs, _ = figures.curve_runs(by_seed, gather.read_results(sweep, "curves"))
+    assert sorted(chosen_runs["variant"].unique()) == ["seed 0", "seed 1"]
+    for seed, group in chosen_runs.groupby("seed"):
+        mine = done[done["seed"] == seed]
+        assert group["final_val_top1"].max() == mine["final_val_top1"].max()
+    fig = figures.draw_curves(by_seed, gather.read_results(sweep, "curves"))
+    assert "over 2 runs" in fig._suptitle.get_text()  # AdamW and RV-AdamW of one seed, not 2 seeds
+    (png,) = figures.plot_curves(sweep, by=["seed"], files=figures.FigureFiles(("png",), 60))
+    assert png.name == "curves-by-seed.png"

@@ -180,28 +180,27 @@ def predictions_section(runs: pd.DataFrame) -> Section:
     return Section("Table 1 predictions", lines)
 
 
-def _log_paths(sweep: Path, run_id: str) -> list[str]:
-    run_dir = store.run_dir(sweep, run_id)
-    paths = [run_dir / store.LOG_FILE]
-    try:
-        job_log = store.read_status(run_dir).get("log")
-    except (OSError, ValueError, UserError):
-        job_log = None
-    if job_log:
-        paths.append(Path(job_log))
+def _log_paths(sweep: Path, run_id: str, jobs: dict) -> list[str]:
+    """The run's log.txt and its job's stdout and stderr (submitit's names in SWEEP/jobs/, as
+    `rotsweep logs` finds them: launch.log_paths), each marked when it is missing."""
+    paths = [store.run_dir(sweep, run_id) / store.LOG_FILE]
+    job = jobs.get(run_id)
+    if job:
+        paths += [store.jobs_dir(sweep) / f"{job['job_id']}_0_log.{kind}" for kind in ("out", "err")]
     return [f"`{path}`" + ("" if path.is_file() else " (missing)") for path in paths]
 
 
 def failures_section(sweep: Path, runs: pd.DataFrame) -> Section:
     """Runs that did not finish well, and the files gather could not read."""
     bad = runs[runs["status"].isin(NOT_WELL) | runs["status"].isna()].sort_values(["status", "run_id"])
+    jobs = (store.read_manifest(sweep) or {}).get("jobs") or {}
     lines = []
     for _, run in bad.iterrows():
         error = run["error"] if isinstance(run["error"], str) and run["error"] else ""
         lines.append(f"- **{run['status'] or 'unreadable'}** `{run['run_id']}` ({run['variant']}, lr "
                      f"{_cell(run['lr'])}, λ {_cell(run['weight_decay'])})"
                      + (f": {error.splitlines()[-1]}" if error else "")
-                     + "; log: " + ", ".join(_log_paths(sweep, run["run_id"])))
+                     + "; logs: " + ", ".join(_log_paths(sweep, run["run_id"], jobs)))
     problems = results_problems(sweep)
     lines += [f"- gather could not read `{problem}`" for problem in problems]
     return Section("Failures", lines or ["Every run finished (done) and every file was read."])

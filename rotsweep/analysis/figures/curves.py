@@ -40,6 +40,8 @@ def draw_curves(runs: pd.DataFrame, curves: pd.DataFrame, run_ids: list[str] | N
     data = losses.merge(chosen[["run_id", "line"]], on="run_id")
     splits = [split for split in ("train", "val") if (data["split"] == split).any()]
     seeds = chosen.groupby("line")["run_id"].nunique().max()
+    # A group of --by may hold runs that differ in more than their seed: then say runs.
+    what = "seeds" if seeds == chosen.groupby("line")["seed"].nunique().max() else "runs"
 
     fig, axes = plt.subplots(1, len(splits), figsize=(6.2 * len(splits), 4.6), squeeze=False, layout="constrained")
     chosen = chosen.sort_values(["variant", "lr", "weight_decay"])
@@ -63,7 +65,7 @@ def draw_curves(runs: pd.DataFrame, curves: pd.DataFrame, run_ids: list[str] | N
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=color, linewidth=1.4, label=line) for line, color in palette.items()]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(2, len(handles)), fontsize=8, frameon=False)
-    band = f"; mean ± std over {seeds} seeds" if seeds > 1 else ""
+    band = f"; mean ± std over {seeds} {what}" if seeds > 1 else ""
     which = "chosen runs" if run_ids else "each variant at its best (η, λ)"
     fig.suptitle(f"Loss over training: {which}{band}")
     return fig
