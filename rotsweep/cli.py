@@ -584,6 +584,8 @@ plot_app = typer.Typer(
         "rotsweep gather sweeps/adam-vs-adamw-resnet18-tiny",
         "rotsweep plot all sweeps/adam-vs-adamw-resnet18-tiny",
         "rotsweep plot heatmap sweeps/adam-vs-adamw-resnet18-tiny --metric val_loss",
+        "rotsweep plot heatmap sweeps/eta-lambda-tiny-resnet20-tiny --x lr --y weight_decay",
+        "rotsweep plot lr-sweep sweeps/warmup-gpt2-tiny --by optimizer --by warmup_steps",
         "rotsweep plot dynamics sweeps/dynamics-gpt2-tiny --run RUN_ID",
         "rotsweep plot randomwalk sweeps/randomwalk",
     ),
@@ -594,6 +596,10 @@ SWEEP_HELP = "sweep directory (default: the newest sweep in sweeps/ with the dat
 
 
 FORMAT_HELP = "figure files to write, comma-separated: png, pdf, svg"
+X_HELP = "the x axis: a RunConfig field or runs.parquet column (default: lr, else the sweep's first numeric axis)"
+Y_HELP = "the y axis (default: weight_decay, else the sweep's second numeric axis)"
+BY_HELP = ("group runs by these fields instead of by variant (repeatable, e.g. --by optimizer --by warmup_steps); "
+           "each group shows its best setting")
 DPI_HELP = "resolution of the PNG files in dots per inch"
 
 
@@ -644,12 +650,15 @@ def _note_gather_problems(sweep: Path) -> None:
 def plot_heatmap(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
+    x: Optional[str] = typer.Option(None, "--x", metavar="FIELD", help=X_HELP),
+    y: Optional[str] = typer.Option(None, "--y", metavar="FIELD", help=Y_HELP),
+    by: list[str] = typer.Option([], "--by", metavar="FIELD", help=BY_HELP),
     format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
     dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
-    """Figure 6 left: metric over the lr x weight-decay grid with η̂_r contours."""
+    """Figure 6 left: metric over the lr x weight-decay grid (or --x, --y) with η̂_r contours."""
     chosen = _sweep_for("heatmap", sweep)
-    _echo_paths(_figures().plot_heatmap(chosen, _value(metric), _files(format_, dpi)), chosen)
+    _echo_paths(_figures().plot_heatmap(chosen, _value(metric), _files(format_, dpi), x, y, by or None), chosen)
 
 
 @plot_app.command("lr-sweep")
@@ -657,12 +666,14 @@ def plot_heatmap(
 def plot_lr_sweep(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
+    x: Optional[str] = typer.Option(None, "--x", metavar="FIELD", help=X_HELP),
+    by: list[str] = typer.Option([], "--by", metavar="FIELD", help=BY_HELP),
     format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
     dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
-    """Figures 4L, 5M/R, 7L, 14: metric against learning rate per variant."""
+    """Figures 4L, 5M/R, 7L, 14: metric against learning rate (or --x) per variant (or --by)."""
     chosen = _sweep_for("lr-sweep", sweep)
-    _echo_paths(_figures().plot_lr_sweep(chosen, _value(metric), _files(format_, dpi)), chosen)
+    _echo_paths(_figures().plot_lr_sweep(chosen, _value(metric), _files(format_, dpi), x, by or None), chosen)
 
 
 @plot_app.command("curves")
@@ -671,12 +682,13 @@ def plot_curves(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
     run: list[str] = typer.Option([], "--run", help="run ids (repeatable; default: the best run per variant)"),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
+    by: list[str] = typer.Option([], "--by", metavar="FIELD", help=BY_HELP),
     format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
     dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
     """Figure 5 left: loss curves."""
     chosen = _sweep_for("curves", sweep)
-    _echo_paths(_figures().plot_curves(chosen, run or None, _value(metric), _files(format_, dpi)), chosen)
+    _echo_paths(_figures().plot_curves(chosen, run or None, _value(metric), _files(format_, dpi), by or None), chosen)
 
 
 @plot_app.command("dynamics")
@@ -687,13 +699,14 @@ def plot_dynamics(
     layer: list[str] = typer.Option([], "--layer", help="weight names (repeatable; default: all)"),
     neurons: bool = typer.Option(False, "--neurons", help="per-neuron rotation of one layer (Figure 7R)"),
     metric: Optional[Metric] = typer.Option(None, help=METRIC_HELP),
+    by: list[str] = typer.Option([], "--by", metavar="FIELD", help=BY_HELP),
     format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
     dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
     """Figures 3, 4M/R, 6R, 7R, 13: norms and rotation over training, predictions dashed."""
     chosen = _sweep_for("dynamics", sweep)
     _echo_paths(_figures().plot_dynamics(chosen, run or None, layer or None, neurons,
-                                         _value(metric), _files(format_, dpi)), chosen)
+                                         _value(metric), _files(format_, dpi), by or None), chosen)
 
 
 @plot_app.command("imbalance")
@@ -739,6 +752,20 @@ def plot_all(
     if not drawn.paths:
         typer.echo(f"error: no figure drawn from {sweep}", err=True)
         raise typer.Exit(1)
+
+
+@app.command(epilog=examples("rotsweep gather sweeps/eta-lambda-resnet20-tiny",
+                             "rotsweep report sweeps/eta-lambda-resnet20-tiny"))
+@reports_user_errors
+def report(sweep: Path = typer.Argument(..., help="a gathered sweep directory")) -> None:
+    """SWEEP/report.html (self-contained: figures embedded) and report.md: grid, results table, Table 1
+    predictions, every figure the sweep supports, failures with their logs."""
+    _figures()  # the report draws figures: Agg, as for `plot`
+    from rotsweep.analysis.report import sweep_report
+
+    markdown, page = sweep_report(sweep)
+    typer.echo(f"{page}\n{markdown}")
+    _note_gather_problems(sweep)
 
 
 @app.command()

@@ -445,9 +445,7 @@ def early_rotation_ratio(run: pd.Series, layers: pd.DataFrame, dynamics: pd.Data
     recorded steps); the prediction is η̂_r at each step's scheduled lr; the layers are
     those gather measures (layers.parquet: weights with angular updates).
     """
-    from rotsweep.analysis.figures import run_config
-    from rotsweep.analysis.gather import predicted_rotation
-    from rotsweep.schedule import learning_rate
+    from rotsweep.analysis.results import run_config, scheduled_rotation
 
     config = run_config(run)
     total, warmup = int(run["total_steps"]), int(run["warmup_total_steps"])
@@ -459,8 +457,7 @@ def early_rotation_ratio(run: pd.Series, layers: pd.DataFrame, dynamics: pd.Data
     rows = rows[(rows["step"] <= end) & (rows["value"] > 0)]
     if rows.empty:
         return math.nan
-    lrs = np.array([learning_rate(config, int(step), total, warmup) for step in rows["step"]])
-    predicted = np.asarray(predicted_rotation(config, lrs), dtype=float)
+    predicted = scheduled_rotation(config, rows["step"], total, warmup)
     return float(np.exp(np.mean(np.log(rows["value"].to_numpy() / predicted))))
 
 
@@ -571,7 +568,7 @@ def finding_weight_standardization(runs: pd.DataFrame) -> Finding:
 
 def measure_findings(walks: dict[int, dict[str, dict]], sweeps: dict[str, Path]) -> list[Finding]:
     """Every finding of the issue, measured from the random walks and the gathered sweeps."""
-    from rotsweep.analysis.gather import read_dynamics, read_results
+    from rotsweep.analysis.results import read_dynamics, read_results
 
     def tables(experiment: str, *names: str) -> list[pd.DataFrame]:
         return [read_results(sweeps[experiment], name) for name in names]
@@ -630,8 +627,8 @@ def reaches_equilibrium(run: pd.Series) -> bool:
     A rotational run is in equilibrium from its first step (Algorithm 1); a run without
     weight decay never is, nor is Adam+ℓ2 here (its s depends on the gradients, eq. 86).
     """
-    from rotsweep.analysis.figures import run_config
     from rotsweep.analysis.gather import WINDOW
+    from rotsweep.analysis.results import run_config
     from rotsweep.schedule import learning_rates
 
     if not (_finite(run["total_steps"]) and _finite(run["warmup_total_steps"])):
@@ -655,7 +652,7 @@ def equilibrium_line(sweep: Path) -> str:
     equilibrium before the window (reaches_equilibrium). The others are counted, not used.
     """
     from rotsweep.analysis.figures import load_runs
-    from rotsweep.analysis.gather import read_results
+    from rotsweep.analysis.results import read_results
 
     runs, layers = load_runs(sweep), read_results(sweep, "layers")
     per_run = layers.groupby("run_id")["eta_r_ratio"].median()
@@ -704,10 +701,11 @@ class DemoReport:
 
 def write_report(out: Path, *, wall_s: float, quick: bool, findings: list[Finding], figures: dict[str, list[Path]],
                  sections: dict[str, str], executor: str) -> Path:
-    """OUT/report.md: per experiment its figures, the paper's finding and this run's numbers."""
-    lines = [
-        "# Rotational Equilibrium in miniature" + (" (quick demo)" if quick else ""),
-        "",
+    """OUT/report.md (and the self-contained OUT/report.html, rotsweep.analysis.report): per experiment
+    its figures, the paper's finding and this run's numbers."""
+    from rotsweep.analysis import report
+
+    intro = [
         f"Wall time {wall_s / 60:.1f} min ({wall_s:.0f} s) on the {executor} executor. Every run is a tiny "
         "version of the paper's (small models, synthetic data, hundreds of steps on a CPU); the findings below "
         "are measured from the gathered results, never assumed.",
@@ -721,21 +719,20 @@ def write_report(out: Path, *, wall_s: float, quick: bool, findings: list[Findin
         "| finding | paper | this run | effect | spread over seeds | margin | verdict |",
         "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {f.key} | {f.paper} | {f.measured} | {f.effect.mean:+.3g} {f.effect.unit} ({f.effect.n} seeds) "
+    intro += [f"| {f.key} | {f.paper} | {f.measured} | {f.effect.mean:+.3g} {f.effect.unit} ({f.effect.n} seeds) "
               f"| {f.effect.spread:.2g} | {f.effect.margin:.2g} | **{f.verdict}** |" for f in findings]
+    parts = []
     for section, (title, paper) in SECTIONS.items():
         if section not in figures:
             continue  # not part of this demo (the quick one leaves some experiments out)
-        lines += ["", f"## {title}", "", f"- **Paper:** {paper}"]
+        lines = [f"- **Paper:** {paper}"]
         lines += [f"- **This run:** {sections[section]}"] if section in sections else []
-        for finding in findings:
-            if finding.experiment == section:
-                lines.append(f"- **Finding ({finding.verdict}):** {finding.paper}. Measured: {finding.line}.")
-        for path in figures.get(section, []):
-            lines += ["", f"![{path.stem}]({path.relative_to(out).as_posix()})"]
-    report = out / "report.md"
-    store.write_text(report, "\n".join(lines) + "\n")
-    return report
+        lines += [f"- **Finding ({finding.verdict}):** {finding.paper}. Measured: {finding.line}."
+                  for finding in findings if finding.experiment == section]
+        parts.append(report.Section(title, lines, list(figures.get(section, []))))
+    title = "Rotational Equilibrium in miniature" + (" (quick demo)" if quick else "")
+    markdown, _ = report.write(report.Document(title, intro, parts), out)
+    return markdown
 
 
 # --- The demo ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ before the tests run (tests/test_mutations.py sets it in a subprocess).
 """
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,3 +51,27 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("mutation check (tests/mutations.py)")
         for name, outcome in mutations.RESULTS.items():
             terminalreporter.write_line(f"{name:22} {outcome}")
+
+
+# examples/eta-lambda-tiny.toml (AdamW / RV-AdamW over lr at η·λ = 5e-3), its runs shortened to
+# 12 steps, trained for real and gathered: the sweep-file sweep of test_figure_axes and test_report.
+FILE_SWEEP_OVERRIDES = ["steps=12", "eval_interval=4", "eval_batches=1", "dynamics_interval=2",
+                        "checkpoint_interval=1000"]
+
+
+@pytest.fixture(scope="session")
+def eta_lambda_file_sweep(tmp_path_factory):
+    from rotsweep import launch, store, sweepfile, train
+    from rotsweep.analysis import gather
+
+    out = tmp_path_factory.mktemp("file-sweep") / "eta-lambda-tiny"
+    plan = launch.make_file_plan(sweepfile.load(Path(__file__).resolve().parents[1] / "examples" /
+                                                "eta-lambda-tiny.toml"), scale="tiny", out=out,
+                                 overrides=FILE_SWEEP_OVERRIDES)
+    for run in plan.runs:
+        train.run(run.config, run.run_dir)
+    store.write_manifest(out, {"experiment": plan.experiment, "model": plan.model, "scale": "tiny", "seeds": None,
+                               "overrides": FILE_SWEEP_OVERRIDES, "axes": plan.axes,
+                               "runs": [run.config.run_id for run in plan.runs]})
+    gather.gather(out)
+    return out

@@ -424,8 +424,8 @@ def test_find_sweep_takes_the_newest_sweep_with_the_data(sweeps, tmp_path):
 
 
 def test_missing_data_names_the_experiment_that_makes_it(sweeps, tmp_path):
-    with pytest.raises(UserError, match="adam-vs-adamw") as error:
-        figures.plot_heatmap(sweeps["imbalance"])
+    with pytest.raises(UserError, match="adam-vs-adamw") as error:  # one lr: no lr × λ grid
+        figures.plot_heatmap(sweeps["imbalance"], x="lr", y="weight_decay")
     assert "\n" not in str(error.value)
     with pytest.raises(UserError, match="the imbalance experiment"):
         figures.plot_imbalance(sweeps["heatmap"])

@@ -45,7 +45,8 @@ import pandas as pd
 
 from rotsweep import store
 from rotsweep.analysis import gather
-from rotsweep.analysis.figures import load_runs, run_config
+from rotsweep.analysis.figures.common import load_runs  # runs.parquet with the variant labels the figures use
+from rotsweep.analysis.results import run_config
 from rotsweep.errors import UserError
 
 FORMATS = ("tensorboard", "wandb", "csv")

@@ -119,10 +119,8 @@ import hashlib
 import heapq
 import json
 import math
-import operator
 import os
 import sys
-import typing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,19 +129,24 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from rotsweep import config as config_module
 from rotsweep import schedule, store, theory
+from rotsweep.analysis import results
 from rotsweep.config import RunConfig
 from rotsweep.errors import UserError
-from rotsweep.schedule import learning_rate
 from rotsweep.store import FAN_IN, PARTS_RECORD
 
-SCHEMA_VERSION = 4  # 4: dynamics.parquet is a directory of one file per run
-SCHEMA_VERSION_KEY = b"rotsweep.schema_version"
-RESULTS_DIR = "results"
+# The tables' schemas, paths and readers live in rotsweep.analysis.results; gather re-exports
+# them (gather.read_results, gather.read_dynamics, gather.TABLES, ...) for older callers.
+from rotsweep.analysis.results import (  # noqa: F401
+    CONFIG_TYPES, CURVES_SCHEMA, DYNAMICS_FILE_SCHEMA, DYNAMICS_SCHEMA, FLOAT, INT, JSON_FIELDS,
+    LAYERS_SCHEMA, METRICS_FILE_SCHEMA, RESULTS_DIR, RUNS_SCHEMA, SCHEMA_VERSION, SCHEMA_VERSION_KEY,
+    STRING, SUMMARY_COLUMNS, SUMMARY_METRICS, TABLES, _checked_output, output_paths, predicted_rotation,
+    predictions, read_dynamics, read_results, scheduled_rotation,
+)
+
 CACHE_FILE = ".gather-cache.json"
 WINDOW = (0.25, 0.75)
 READ_ATTEMPTS = 3
@@ -151,147 +154,10 @@ READ_ATTEMPTS = 3
 READ_THREADS = 4
 # Rows of dynamics (or curves) decoded at a time per thread, ~50 MB each: what bounds memory.
 BATCH_ROWS = 1 << 19
-# read_dynamics: rows per batch and batches decoded ahead while filtering.
-READ_BATCH_ROWS = 1 << 17
-READ_AHEAD = 2
-
-# (split, metric, better): final_<split>_<metric> for each, best_<split>_<metric> where `better` is set.
-SUMMARY_METRICS = (
-    ("val", "loss", "min"),
-    ("val", "top1", "max"),
-    ("val", "perplexity", "min"),
-    ("train", "loss", None),
-)
 
 # What can go wrong reading a file that is not a bug of ours: I/O, bad JSON, bad Parquet,
 # columns that do not cast, a config RunConfig refuses.
 READ_ERRORS = (OSError, ValueError, TypeError, pa.ArrowException, UserError)
-
-
-# --- Schemas -------------------------------------------------------------------------------
-
-STRING, INT, FLOAT = pa.string(), pa.int64(), pa.float64()
-
-CURVES_SCHEMA = pa.schema([
-    ("run_id", STRING), ("step", INT), ("epoch", FLOAT), ("split", STRING), ("metric", STRING), ("value", FLOAT),
-])
-DYNAMICS_SCHEMA = pa.schema([
-    ("run_id", STRING), ("step", INT), ("param", STRING), ("stat", STRING), ("reduction", STRING),
-    ("neuron", INT), ("value", FLOAT),
-])
-LAYERS_SCHEMA = pa.schema([
-    ("run_id", STRING), ("param", STRING), ("window_start", INT), ("window_end", INT), ("window_steps", INT),
-    ("eta_r", FLOAT), ("eta_r_predicted", FLOAT), ("eta_r_ratio", FLOAT), ("norm", FLOAT),
-    ("imbalance_neurons", FLOAT), ("fan_in", INT),
-])
-
-
-def _base_type(hint) -> type:
-    """int for `int | None`, dict for `dict`: the Python type of a RunConfig field's values."""
-    (base,) = [t for t in (typing.get_args(hint) or (hint,)) if t is not type(None)]
-    return base
-
-
-# RunConfig's fields and their Python types; dicts (model_options, ...) are stored as canonical JSON strings.
-_HINTS = typing.get_type_hints(RunConfig)
-CONFIG_TYPES = {f.name: _base_type(_HINTS[f.name]) for f in dataclasses.fields(RunConfig)}
-JSON_FIELDS = {name for name, base in CONFIG_TYPES.items() if base is dict}
-ARROW_TYPES = {bool: pa.bool_(), int: INT, float: FLOAT, str: STRING, dict: STRING}
-
-SUMMARY_COLUMNS = [
-    f"{kind}_{split}_{metric}"
-    for split, metric, better in SUMMARY_METRICS
-    for kind in (("final", "best") if better else ("final",))
-]
-RUNS_SCHEMA = pa.schema(
-    [("run_id", STRING), ("sweep", STRING), ("experiment", STRING), ("in_manifest", pa.bool_()), ("status", STRING)]
-    + [(name, ARROW_TYPES[base]) for name, base in CONFIG_TYPES.items()]
-    + [("eta_lambda", FLOAT), ("steps_done", INT), ("total_steps", INT), ("warmup_total_steps", INT),
-       ("wall_s", FLOAT), ("error", STRING)]
-    + [(name, FLOAT) for name in SUMMARY_COLUMNS]
-    + [(name, FLOAT) for name in ("eta_r_hat", "eta_g_hat", "norm_hat")]
-    + [(name, FLOAT) for name in ("eta_r_measured", "imbalance_layers", "imbalance_neurons")]
-)
-
-TABLES = {"runs": RUNS_SCHEMA, "curves": CURVES_SCHEMA, "dynamics": DYNAMICS_SCHEMA, "layers": LAYERS_SCHEMA}
-# The columns of a run's own files: the results tables without run_id.
-METRICS_FILE_SCHEMA = pa.schema(list(CURVES_SCHEMA)[1:])
-DYNAMICS_FILE_SCHEMA = pa.schema(list(DYNAMICS_SCHEMA)[1:])
-
-
-def output_paths(sweep: str | os.PathLike) -> dict[str, Path]:
-    """The four outputs; "dynamics" is a directory of one <run_id>.parquet per run."""
-    return {name: Path(sweep) / RESULTS_DIR / f"{name}.parquet" for name in TABLES}
-
-
-def _checked_output(sweep: str | os.PathLike, name: str) -> Path:
-    """The output's path, refusing a missing one or one written by another schema version.
-
-    dynamics.parquet/ is written by the same gather as runs.parquet, whose version it shares.
-    """
-    path = output_paths(sweep)[name]
-    probe = output_paths(sweep)["runs"] if name == "dynamics" else path
-    try:
-        metadata = pq.read_schema(probe).metadata or {}
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; run `rotsweep gather {sweep}` first") from None
-    except (OSError, ValueError) as error:  # truncated or not Parquet (pyarrow's errors derive from these)
-        raise UserError(f"{path} is unreadable ({type(error).__name__}); "
-                        f"run `rotsweep gather --full {sweep}` to write it again") from None
-    version = metadata.get(SCHEMA_VERSION_KEY, b"?").decode()
-    if version != str(SCHEMA_VERSION) or (name == "dynamics" and not path.is_dir()):
-        raise UserError(f"{path} has schema version {version}, not {SCHEMA_VERSION}; "
-                        f"run `rotsweep gather {sweep}` again")
-    return path
-
-
-def read_results(sweep: str | os.PathLike, name: str) -> pd.DataFrame:
-    """One results table as a DataFrame, refusing one written by another schema version.
-
-    "dynamics" reads every row of every run: use read_dynamics() to read some of them.
-    """
-    if name == "dynamics":
-        return read_dynamics(sweep)
-    path = _checked_output(sweep, name)
-    try:
-        return pd.read_parquet(path)
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path} is unreadable ({type(error).__name__}); "
-                        f"run `rotsweep gather --full {sweep}` to write it again") from None
-
-
-def read_dynamics(sweep: str | os.PathLike, run_ids: list[str] | None = None, *,
-                  stats: list[str] | tuple[str, ...] | None = None,
-                  reductions: list[str] | tuple[str, ...] | None = None,
-                  params: list[str] | tuple[str, ...] | None = None,
-                  pairs: list[tuple[str, str]] | tuple[tuple[str, str], ...] | None = None) -> pd.DataFrame:
-    """Rows of dynamics.parquet/: of `run_ids` (None: every run) whose stat, reduction and
-    param are among those given (None: any) and whose (stat, reduction) is one of `pairs`
-    (None: any), in run_id order, each run's rows in file order.
-
-    Only the files of those runs are opened, and the filters are pushed into the Parquet
-    scan, which streams: memory holds the rows returned, not the runs' tables.
-    """
-    directory = _checked_output(sweep, "dynamics")
-    if run_ids is None:
-        paths = sorted(directory.glob("*.parquet"))
-    else:
-        paths = [path for path in (directory / f"{run_id}.parquet" for run_id in sorted(set(run_ids)))
-                 if path.is_file()]
-    wanted = None
-    for column, values in (("stat", stats), ("reduction", reductions), ("param", params)):
-        if values is not None:
-            condition = ds.field(column).isin(list(values))
-            wanted = condition if wanted is None else wanted & condition
-    if pairs is not None:
-        either = [(ds.field("stat") == stat) & (ds.field("reduction") == reduction) for stat, reduction in pairs]
-        condition = functools.reduce(operator.or_, either) if either else ds.scalar(False)
-        wanted = condition if wanted is None else wanted & condition
-    dataset = ds.dataset([str(path) for path in paths], schema=DYNAMICS_SCHEMA, format="parquet")
-    # One file and a few batches in flight: Arrow's default read-ahead holds hundreds of MB.
-    return dataset.to_table(filter=wanted, batch_size=READ_BATCH_ROWS, batch_readahead=READ_AHEAD,
-                            fragment_readahead=1).to_pandas()
-
 
 # --- The report ----------------------------------------------------------------------------
 
@@ -571,32 +437,6 @@ def read_run(run_id: str, run_dir: Path, out: Path, *, root: Path | None = None,
 # --- Predictions ---------------------------------------------------------------------------
 
 
-def _rotation_optimizer(config: RunConfig) -> str:
-    """The optimizer whose Table 1 η̂_r the run follows (Algorithm 1 may borrow another's)."""
-    if config.rotational and config.rv_eta_r_from:
-        return config.rv_eta_r_from
-    return config.optimizer
-
-
-def predicted_rotation(config: RunConfig, lr):
-    """η̂_r of Table 1 for this run at learning rate(s) `lr`; NaN where it needs gradient statistics."""
-    optimizer = _rotation_optimizer(config)
-    if optimizer not in theory.OPTIMIZERS or optimizer == "adam-l2":
-        return np.full(np.shape(lr), math.nan) if np.ndim(lr) else math.nan
-    return theory.expected_rotation(optimizer, lr, config.weight_decay, beta1=config.beta1, beta2=config.beta2,
-                                    momentum=config.momentum)
-
-
-def predictions(config: RunConfig) -> dict[str, float]:
-    """eta_r_hat, eta_g_hat and norm_hat (per coordinate, C = 1) at the run's peak lr."""
-    hyper = dict(beta1=config.beta1, beta2=config.beta2, momentum=config.momentum)
-    eta_g = math.nan if config.optimizer == "sgdm" else theory.rms_update(config.optimizer, config.lr, dim=1, **hyper)
-    norm = math.nan
-    if config.optimizer in ("adamw", "lion") and config.weight_decay > 0 and not config.rotational:
-        norm = theory.equilibrium_norm(config.optimizer, config.lr, config.weight_decay, dim=1, **hyper)
-    return {"eta_r_hat": float(predicted_rotation(config, config.lr)), "eta_g_hat": eta_g, "norm_hat": norm}
-
-
 # --- From run files to table rows ----------------------------------------------------------
 
 
@@ -757,12 +597,9 @@ def _run_row(run: RunFiles, sweep_name: str, experiment: str | None, in_manifest
 
 def step_predictor(config: RunConfig | None, total_steps: int, warmup_steps: int | None):
     """steps -> η̂_r at each step's scheduled lr (NaN when the config or the warmup length is unknown)."""
-    def predict(steps: np.ndarray) -> np.ndarray:
-        if config is None or warmup_steps is None:
-            return np.full(len(steps), math.nan)
-        lrs = np.array([learning_rate(config, int(step), total_steps, warmup_steps) for step in steps])
-        return np.asarray(predicted_rotation(config, lrs), dtype=float)
-    return predict
+    if config is None or warmup_steps is None:
+        return lambda steps: np.full(len(steps), math.nan)
+    return functools.partial(scheduled_rotation, config, total_steps=total_steps, warmup_steps=warmup_steps)
 
 
 # --- The sweep: scan, cache, merge, write ---------------------------------------------------
@@ -774,7 +611,7 @@ def _source_hash(*modules) -> str:
 
 # The rows depend on the code that computes them (as this process imported it): a cache made by
 # other code is not used.
-CODE_HASH = _source_hash(sys.modules[__name__], theory, schedule, config_module)
+CODE_HASH = _source_hash(sys.modules[__name__], results, theory, schedule, config_module)
 
 
 def _cache_key(sweep_name: str, experiment: str | None) -> dict:

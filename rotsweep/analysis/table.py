@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from rotsweep.analysis import figures, gather
+from rotsweep.analysis import figures, results
 from rotsweep.errors import UserError
 
 FORMATS = ("md", "latex", "csv", "json")
@@ -131,10 +131,10 @@ def settings_table(runs: pd.DataFrame, metric: figures.Metric, by: list[str] | N
     """One row per variant × `by` values: final and best metric, mean ± std over finished seeds;
     the best setting of each variant (by the mean final value) marked."""
     by = _default_by(runs) if by is None else list(by)
-    unknown = [name for name in by if name not in gather.CONFIG_TYPES]
+    unknown = [name for name in by if name not in results.CONFIG_TYPES]
     if unknown:
         raise UserError(f"cannot group by {', '.join(unknown)}: not a RunConfig field; "
-                        f"choose among {', '.join(gather.CONFIG_TYPES)}")
+                        f"choose among {', '.join(results.CONFIG_TYPES)}")
     keys = ["variant", *dict.fromkeys(by)]
     best_column = "best_" + metric.name if "best_" + metric.name in runs.columns else None
     rows = []
