@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup cluster demo test
+.PHONY: setup cluster browser demo test
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,11 @@ demo: setup
 cluster:
 	bash slurm/cluster.sh start
 
+# tests/test_report.py opens report.html in a real browser: Debian's chromium, driven by
+# Playwright through its executable path (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
 # -rs names every skipped test and why; under CI=true (.ci/run) a skip fails instead.
-test: setup cluster
+test: setup cluster browser
 	$(PY) -m pytest -q -rs
