@@ -40,12 +40,9 @@ How it is computed: d ⊥ (p − p̄) after line 12, so ‖(p − p̄) − s·d�
 ‖p − p̄‖² + s²‖d‖², and lines 12-18 become one update p ← a·p + b·d + c with
 per-neuron a, b, c from five per-neuron sums over p and the raw direction
 (Σp², Σp·d, Σd², Σp, Σd): the projected direction is never stored, and the norm
-is exact again after every step (see _rotate). For AdamW, torch's fused Adam
-kernel computes d and the moments in one pass where torch has it (public ops
-otherwise). A step thus reads the gradient, the moments and the weights once
-from memory, as AdamW does, plus the passes over a chunk in the cache: the
-direction, the sums (five reductions eagerly, one compiled) and the update (two
-eagerly, one compiled).
+is exact again after every step (see _rotation). Fused AdamW makes one pass
+over memory per step (reads p, g, m, v; writes p, m, v); the floor here is two:
+one for the direction and the sums, one for the update.
 
 `rotational_update` is the functional core over lists of tensors (the shape of
 torch/optim/adam.py); `RotationalWrapper` holds the state and param groups. It
@@ -53,15 +50,20 @@ has three implementations (`impl`), all giving the same numbers up to float
 rounding:
 
     chunked    (default on the CPU) each tensor in chunks of whole neurons that
-               fit in the cache, so the passes over a chunk cost little more than
-               one trip through memory
+               fit in the cache, eagerly: torch's fused Adam kernel (where torch
+               has it, public ops otherwise) writes d for a chunk, then five
+               reductions and two element-wise ops; one trip through memory and
+               about ten passes over the chunk in the cache
     grouped    (default on other devices) tensors with the same shape and step
                stacked, so a shape group costs a handful of kernel launches
                instead of a handful per tensor
-    compiled   chunked, with lines 12-18 compiled by torch.compile into one
-               sweep for the sums and one for the update; the first steps pay
-               the compilation (cached on disk by torch for later runs), and
-               if it fails the eager code runs instead
+    compiled   the floor: each tensor whole through two functions compiled by
+               torch.compile into one loop over the rows each, the first for
+               the sums (and ν), the second for the moments and the update; d is
+               recomputed in the second instead of stored, so no buffer of the
+               tensor's size is allocated. The first step pays the compilation
+               (cached on disk by torch for later processes); if it fails, the
+               chunked code runs instead
 
 benchmarks/bench_optim.py measures them against torch's AdamW.
 """
