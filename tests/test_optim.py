@@ -470,10 +470,12 @@ def test_compiled_path_equals_the_chunked_path():
                 torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
 
 
-def test_compiled_path_compiles_once_for_every_step_lr_and_shape():
+def test_compiled_path_compiles_once_for_every_step_lr_and_shape(monkeypatch):
     """The step count, the lr (η̂_r) and the tensor shape are arguments of the compiled code, not constants:
     once compiled, later steps with other values run without compiling again (a recompile would raise under
     the "fail_on_recompile" stance, and the wrapper would fall back to the eager code with a warning)."""
+    torch.compiler.reset()  # forget what other tests compiled
+    monkeypatch.setattr(rotational_module, "_compiled", None)
     generator = torch.Generator().manual_seed(23)
     weights = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in ((8, 5), (12, 7))]
     optimizer = build_optimizer("adamw", weights, rotational=True, impl="compiled", **HYPER)
