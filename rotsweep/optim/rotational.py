@@ -598,10 +598,12 @@ def _row_products(rows, direction):
 
 # ------------------------------------------------------------- impl="compiled"
 # Two functions of whole tensors, each compiled by torch.compile into one loop over the rows:
-# _compiled_sums reads p, g and the moments and gives each row's a, b, shift (and ν); _compiled_apply
-# reads them again, recomputes d, and writes the moments and p ← a·p + b·d + shift. d is never
-# stored. A step thus reads p, g and the moments twice and writes them once (fused AdamW: once and
-# once), and no buffer of a tensor's size is allocated.
+# _sums reads p, g and the moments and gives each row's a, b, shift and new ν; _apply reads them
+# again, recomputes d, and writes the moments, ν and p ← a·p + b·d + shift. d is never stored. A
+# step thus reads p, g and the moments twice and writes them once (fused AdamW: once and once),
+# and no buffer of a tensor's size is allocated. On this project's 2-core test machine each of the
+# two loops takes about as long as fused AdamW's whole step (both are bound by memory traffic),
+# so the step costs about twice fused AdamW's; see benchmarks/bench_optim.py.
 
 
 def _direction_values(inner: str, p, grad, moments, hyper: dict, adam_scale: float):
