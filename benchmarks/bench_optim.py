@@ -16,7 +16,9 @@ processes hits them alike. Two warm-up rounds allocate the state (and compile
 RV-AdamW compiled; its first step's time is printed). Medians over rounds are
 printed: wall-clock, and on the CPU also the process's CPU time (all threads),
 which other processes on a shared machine disturb less; and the ratios of both
-to torch's fused AdamW.
+to torch's fused AdamW, with the spread of the CPU-time ratio: the quartiles of
+its value in each round (the two optimizers' steps of one round are next to
+each other in time, so they saw about the same load).
 
 Memory: on CUDA torch's allocator statistics. On the CPU torch has none, and
 tracemalloc does not see torch's allocations, so each optimizer runs alone in a
@@ -184,13 +186,15 @@ def main() -> None:
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"measured on {device} ({where}), torch {torch.__version__}, {args.rounds} timed steps each "
           f"(20x for ResNet-20), load average {load_average()} on {os.cpu_count()} CPUs")
-    print(f"{'':<28} {'median step ms':^15} {'/ AdamW fused':^15} {'/ foreach':^9} {'peak extra memory':^18}")
-    print(f"{'size':<10} {'optimizer':<17} {'wall':>7} {'CPU':>7} {'wall':>7} {'CPU':>7} {'CPU':>9} "
-          f"{'MB':>8} {'/params':>8}  state MB")
+    print(f"{'':<28} {'median step ms':^15} {'/ AdamW fused':^27} {'/ foreach':^9} {'peak extra memory':^18}")
+    print(f"{'size':<10} {'optimizer':<17} {'wall':>7} {'CPU':>7} {'wall':>7} {'CPU':>7} {'CPU quartiles':>13} "
+          f"{'CPU':>7} {'MB':>8} {'/params':>8}  state MB")
     for size in args.sizes:
         params_bytes = 4 * n_parameters(size)
         # A ResNet-20 step takes about a millisecond: more rounds to beat the noise.
         wall, cpu, first = step_times(size, args.rounds if params_bytes > 2**20 * 10 else 20 * args.rounds, device)
+        spread = {name: statistics.quantiles([mine / fused for mine, fused in zip(values, cpu["AdamW fused"])], n=4)
+                  for name, values in cpu.items()}
         wall = {name: statistics.median(values) for name, values in wall.items()}
         cpu = {name: statistics.median(values) for name, values in cpu.items()}
         memory = {name: step_memory(name, size, device) for name in OPTIMIZERS}
@@ -199,7 +203,8 @@ def main() -> None:
             ratios = [wall[name] / wall["AdamW fused"], cpu[name] / cpu["AdamW fused"]]
             print(f"{size:<10} {name:<17} {1e3 * wall[name]:7.1f} {1e3 * cpu[name]:7.1f} "
                   + " ".join(f"{ratio:7.2f}" for ratio in ratios)
-                  + f" {cpu[name] / cpu['AdamW foreach']:9.2f} {extra / 2**20:8.1f} {extra / params_bytes:8.2f}"
+                  + f"   {spread[name][0]:5.2f}-{spread[name][2]:<5.2f}"
+                  + f" {cpu[name] / cpu['AdamW foreach']:7.2f} {extra / 2**20:8.1f} {extra / params_bytes:8.2f}"
                   f"  {memory[name]['state'] / 2**20:8.1f}")
         print(f"{size:<10} parameters: {n_parameters(size) / 1e6:.1f} M = {params_bytes / 2**20:.0f} MB; first step of "
               f"RV-AdamW compiled (compiling): {first['RV-AdamW compiled']:.1f} s; load average {load_average()}")

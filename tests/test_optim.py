@@ -7,6 +7,7 @@ each step by the recent RMS of the projected update.
 
 import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -469,16 +470,42 @@ def test_compiled_path_equals_the_chunked_path():
                 torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
 
 
+def test_compiled_path_compiles_once_for_every_step_lr_and_shape(monkeypatch):
+    """The step count, the lr (η̂_r) and the tensor shape are arguments of the compiled code, not constants:
+    once compiled, later steps with other values run without compiling again (a recompile would raise under
+    the "fail_on_recompile" stance, and the wrapper would fall back to the eager code with a warning)."""
+    torch.compiler.reset()  # forget what other tests compiled
+    monkeypatch.setattr(rotational_module, "_compiled", None)
+    generator = torch.Generator().manual_seed(23)
+    weights = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in ((8, 5), (12, 7))]
+    optimizer = build_optimizer("adamw", weights, rotational=True, impl="compiled", **HYPER)
+    for step in range(4):
+        if step == 1:  # compiled at step 0
+            torch.compiler.set_stance("fail_on_recompile")
+        for group in optimizer.param_groups:
+            group["lr"] = 0.01 * (step + 1)
+        for weight in weights:
+            weight.grad = torch.randn(weight.shape, generator=generator)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("error", message="torch.compile of the rotational step failed")
+                optimizer.step()
+        finally:
+            torch.compiler.set_stance("default")
+    assert rotational_module._compiled is not False
+
+
 def test_compiled_path_falls_back_to_the_eager_code_when_compiling_fails(monkeypatch):
     def broken_compiler(graph, example_inputs):
         raise RuntimeError("no C++ compiler here")
 
-    monkeypatch.setattr(rotational_module, "_compiled",
-                        torch.compile(rotational_module._rotate, backend=broken_compiler, dynamic=True, fullgraph=True))
+    monkeypatch.setattr(rotational_module, "_compiled", tuple(
+        torch.compile(function, backend=broken_compiler, dynamic=True, fullgraph=True)
+        for function in (rotational_module._sums, rotational_module._apply)))
     options = SPEED_OPTIONS["per-neuron centred"]
     with pytest.warns(UserWarning, match="runs eagerly: .*no C\\+\\+ compiler here"):
         compiled = impl_trajectory("compiled", "adamw", options, steps=2)
-    assert rotational_module._compiled is rotational_module._rotate
+    assert rotational_module._compiled is False
     for expected, actual in zip(impl_trajectory("chunked", "adamw", options, steps=2), compiled):
         assert all(torch.equal(e, a) for e, a in zip(expected, actual))  # the very same eager code
 

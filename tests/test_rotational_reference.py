@@ -111,8 +111,8 @@ def neuron_speeds(optimizer, n_neurons: int, index: int = 0) -> torch.Tensor:
     return speed
 
 
-def run_both(inner, *, per_neuron=True, zero_mean=True, imbalance=None, eta_r=None, seed=0):
-    """Yield (wrapper weight, reference) after construction and after each step of LRS."""
+def run_both(inner, *, per_neuron=True, zero_mean=True, imbalance=None, eta_r=None, seed=0, impl=None):
+    """Yield (wrapper weight, reference) after construction and after each step of LRS (impl: the wrapper's)."""
     generator = torch.Generator().manual_seed(seed)
     # Conv-shaped: a neuron is a filter of 3·2·2 weights; + 0.3 gives the rows a mean to remove.
     weight = torch.nn.Parameter(torch.randn(8, 3, 2, 2, generator=generator) + 0.3)
@@ -126,7 +126,7 @@ def run_both(inner, *, per_neuron=True, zero_mean=True, imbalance=None, eta_r=No
     if eta_r is not None:
         options["eta_r"] = eta_r
     optimizer = build_optimizer(inner, [weight], rotational=True, lr=LRS[0], weight_decay=WEIGHT_DECAY,
-                                betas=BETAS, momentum=MOMENTUM, eps=EPS, **options)
+                                betas=BETAS, momentum=MOMENTUM, eps=EPS, impl=impl, **options)
     speed = neuron_speeds(optimizer, 8) if per_neuron else torch.ones(1, dtype=torch.float64)
     reference = Algorithm1(initial, inner, per_neuron=per_neuron, zero_mean=zero_mean, speed=speed, eta_r=eta_r)
     yield weight.detach(), reference
@@ -160,6 +160,22 @@ def test_each_step_is_algorithm_1(inner, per_neuron, zero_mean, imbalance):
         assert error < TOLERANCE, f"step {step}: max |wrapper − Algorithm 1| = {error:.3g}"
     # The comparison has teeth: the weights moved by far more than the tolerance.
     assert (weight - start).abs().max().item() > 100 * TOLERANCE
+
+
+# The other implementations (the tests above run the CPU's default, chunked): every inner optimizer
+# with imbalanced neurons, and per-tensor rotation without centring. (Each compiled variant costs a
+# compilation, so not every combination.)
+IMPL_CASES = [(inner, (True, True, "slow")) for inner in INNERS] + [("adamw", (False, False, None))]
+
+
+@pytest.mark.parametrize("inner, variant", IMPL_CASES)
+@pytest.mark.parametrize("impl", ["grouped", "compiled"])
+def test_each_implementation_is_algorithm_1(impl, inner, variant):
+    per_neuron, zero_mean, imbalance = variant
+    for step, (weight, reference) in enumerate(run_both(inner, per_neuron=per_neuron, zero_mean=zero_mean,
+                                                        imbalance=imbalance, impl=impl)):
+        error = (weight.double() - reference.weight()).abs().max().item()
+        assert error < TOLERANCE, f"{impl}, step {step}: max |wrapper − Algorithm 1| = {error:.3g}"
 
 
 def test_imbalanced_neurons_are_chosen():

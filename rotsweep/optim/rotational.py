@@ -40,12 +40,9 @@ How it is computed: d ⊥ (p − p̄) after line 12, so ‖(p − p̄) − s·d�
 ‖p − p̄‖² + s²‖d‖², and lines 12-18 become one update p ← a·p + b·d + c with
 per-neuron a, b, c from five per-neuron sums over p and the raw direction
 (Σp², Σp·d, Σd², Σp, Σd): the projected direction is never stored, and the norm
-is exact again after every step (see _rotate). For AdamW, torch's fused Adam
-kernel computes d and the moments in one pass where torch has it (public ops
-otherwise). A step thus reads the gradient, the moments and the weights once
-from memory, as AdamW does, plus the passes over a chunk in the cache: the
-direction, the sums (five reductions eagerly, one compiled) and the update (two
-eagerly, one compiled).
+is exact again after every step (see _rotation). Fused AdamW makes one pass
+over memory per step (reads p, g, m, v; writes p, m, v); the floor here is two:
+one for the direction and the sums, one for the update.
 
 `rotational_update` is the functional core over lists of tensors (the shape of
 torch/optim/adam.py); `RotationalWrapper` holds the state and param groups. It
@@ -53,15 +50,20 @@ has three implementations (`impl`), all giving the same numbers up to float
 rounding:
 
     chunked    (default on the CPU) each tensor in chunks of whole neurons that
-               fit in the cache, so the passes over a chunk cost little more than
-               one trip through memory
+               fit in the cache, eagerly: torch's fused Adam kernel (where torch
+               has it, public ops otherwise) writes d for a chunk, then five
+               reductions and two element-wise ops; one trip through memory and
+               about ten passes over the chunk in the cache
     grouped    (default on other devices) tensors with the same shape and step
                stacked, so a shape group costs a handful of kernel launches
                instead of a handful per tensor
-    compiled   chunked, with lines 12-18 compiled by torch.compile into one
-               sweep for the sums and one for the update; the first steps pay
-               the compilation (cached on disk by torch for later runs), and
-               if it fails the eager code runs instead
+    compiled   the floor: each tensor whole through two functions compiled by
+               torch.compile into one loop over the rows each, the first for
+               the sums (and ν), the second for the moments and the update; d is
+               recomputed in the second instead of stored, so no buffer of the
+               tensor's size is allocated. The first step pays the compilation
+               (cached on disk by torch for later processes); if it fails, the
+               chunked code runs instead
 
 benchmarks/bench_optim.py measures them against torch's AdamW.
 """
@@ -365,9 +367,10 @@ def rotational_update(params: list[torch.Tensor], grads: list[torch.Tensor], mom
     if impl == "grouped":
         for group in _shape_groups(pieces):
             _update_stacked(inner, group, hyper, rotation)
+    elif impl == "compiled":
+        _update_compiled(inner, pieces, hyper, rotation, {} if scratch is None else scratch)
     else:
-        _update_chunked(inner, pieces, hyper, rotation, _compiled_rotate if impl == "compiled" else _rotate,
-                        {} if scratch is None else scratch)
+        _update_chunked(inner, pieces, hyper, rotation, _rotate, {} if scratch is None else scratch)
 
 
 class _Piece(NamedTuple):
@@ -526,10 +529,23 @@ _DIRECTIONS = {
 
 
 def _rotate(rows, direction, out, norm, rms_sq, speed, *, unit, eta_r, rms_beta, rms_correction, eps, zero_mean):
-    """Lines 12-18 for a chunk of neurons: rotate each row of `rows` in place.
+    """Lines 12-18 for a chunk of neurons: rotate each row of `rows` in place (see _rotation).
 
     rows, direction, out: [k, C] (out may be direction; it is overwritten); norm, rms_sq, speed: [k].
     The true direction is unit·direction; ν (rms_sq) is kept in those true units.
+    """
+    a, b, shift = _rotation(rows, direction, norm, rms_sq, speed, unit=unit, eta_r=eta_r, rms_beta=rms_beta,
+                            rms_correction=rms_correction, eps=eps, zero_mean=zero_mean)
+    if shift is not None:
+        torch.addcmul(shift.unsqueeze(1), direction, b.unsqueeze(1), out=out)
+    else:
+        torch.mul(direction, b.unsqueeze(1), out=out)
+    torch.addcmul(out, rows, a.unsqueeze(1), out=rows)
+
+
+def _rotation(rows, direction, norm, rms_sq, speed, *, unit, eta_r, rms_beta, rms_correction, eps, zero_mean):
+    """Lines 12-18 as one update per row, p ← a·p + b·d + shift: returns a, b, shift ([k]; shift None
+    without centring) and updates ν (rms_sq) in place.
 
     With c = p − p̄ and e = d − d̄, line 12 is d⊥ = e − r·c with r = ⟨e, c⟩/‖c‖², so
     ‖d⊥‖² = ‖e‖² − r·⟨e, c⟩ (Pythagoras). Lines 16-18 with step s, p ← n·(c − s·d⊥)/‖c − s·d⊥‖
@@ -554,17 +570,13 @@ def _rotate(rows, direction, out, norm, rms_sq, speed, *, unit, eta_r, rms_beta,
     # Line 14. (Not add_'s alpha: torch.compile 2.13 miscomputes a float alpha that varies between calls.)
     rms_sq.mul_(rms_beta).add_(perp_sq * ((1 - rms_beta) * unit * unit))
     # Line 16's step s along d⊥: η̂_r·n/(RMS + ε) in true units, times unit for direction's.
-    size = eta_r * unit * norm / ((rms_sq / rms_correction).pow_(0.5) + eps)
+    size = eta_r * unit * norm / ((rms_sq / rms_correction).pow(0.5) + eps)
     if speed is not None:
         size = size * speed
     size = torch.where(perp_sq > 0, size, 0.0)  # no step along a d⊥ that is only rounding error
     scale = norm * torch.rsqrt(p_sq + size.square() * perp_sq)
-    a, b = (scale * (1 + size * radial)).unsqueeze(1), (-scale * size).unsqueeze(1)
-    if zero_mean:
-        torch.addcmul(-a * p_mean.unsqueeze(1) - b * d_mean.unsqueeze(1), direction, b, out=out)
-    else:
-        torch.mul(direction, b, out=out)
-    torch.addcmul(out, rows, a, out=rows)
+    a, b = scale * (1 + size * radial), -scale * size
+    return a, b, (-a * p_mean - b * d_mean) if zero_mean else None
 
 
 # How many float roundings of Σd² the formula for ‖d⊥‖² may accumulate before it is noise.
@@ -584,28 +596,100 @@ def _row_products(rows, direction):
             vector_norm(direction, dim=1).square_())
 
 
-_compiled = None  # torch.compile(_rotate), made at the first use; _rotate itself if compiling failed
+# ------------------------------------------------------------- impl="compiled"
+# Two functions of whole tensors, each compiled by torch.compile into one loop over the rows:
+# _sums reads p, g and the moments and gives each row's a, b, shift and new ν; _apply reads them
+# again, recomputes d, and writes the moments, ν and p ← a·p + b·d + shift. d is never stored. A
+# step thus reads p, g and the moments twice and writes them once (fused AdamW: once and once),
+# and no buffer of a tensor's size is allocated. On this project's 2-core test machine each of the
+# two loops takes about as long as fused AdamW's whole step (both are bound by memory traffic),
+# so the step costs about twice fused AdamW's; see benchmarks/bench_optim.py.
 
 
-def _compiled_rotate(*args, **kwargs):
-    """_rotate through torch.compile (impl="compiled").
+def _direction_values(inner: str, p, grad, moments, hyper: dict, adam_scale: float):
+    """Lines 9-11 as values, for compiling: (d, new moments), with unit·d the inner optimizer's
+    Δ_g p/(−η), as _DIRECTIONS computes in place. adam_scale: sqrt(1 − β2^t) (Adam's bias correction)."""
+    beta1, beta2 = hyper["betas"]
+    if inner in ("adamw", "adam-l2"):
+        exp_avg, exp_avg_sq = moments
+        seen = grad if inner == "adamw" else grad + hyper["weight_decay"] * p  # Adam+ℓ2: see _adam_l2_direction
+        m = exp_avg.lerp(grad, 1 - beta1)
+        v = exp_avg_sq * beta2 + seen * seen * (1 - beta2)
+        if inner == "adamw":
+            return m / (v.pow(0.5) * (1 / adam_scale) + hyper["eps"]), (m, v)  # a product: cheaper than /
+        return m / (v.pow(0.5) + hyper["eps"] * adam_scale), (m, v)
+    if inner == "sgdm":
+        (momentum_buffer,) = moments
+        new = momentum_buffer * hyper["momentum"] + grad
+        return new, (new,)
+    (exp_avg,) = moments
+    return exp_avg.lerp(grad, 1 - beta1).sign(), (exp_avg.lerp(grad, 1 - beta2),)
+
+
+def _unit(inner: str, hyper: dict, step: int) -> tuple[float, float]:
+    """The factor between d and the true direction and sqrt(1 − β2^t), as _DIRECTIONS use them."""
+    beta1, beta2 = hyper["betas"]
+    adam_scale = math.sqrt(1 - beta2**step)
+    if inner == "adamw":
+        return 1 / (1 - beta1**step), adam_scale
+    if inner == "adam-l2":
+        return adam_scale / (1 - beta1**step), adam_scale
+    return 1.0, adam_scale
+
+
+def _sums(inner, rows, grad, moments, norm, rms_sq, speed, hyper, rotation, unit, adam_scale, rms_correction):
+    """The per-row a, b, shift of _rotation (shift: zeros without centring) and the new ν; changes nothing."""
+    direction, _ = _direction_values(inner, rows, grad, moments, hyper, adam_scale)
+    new_rms_sq = rms_sq.clone()
+    a, b, shift = _rotation(rows, direction, norm, new_rms_sq, speed, unit=unit, rms_correction=rms_correction,
+                            **rotation)
+    return a, b, torch.zeros_like(a) if shift is None else shift, new_rms_sq
+
+
+def _apply(inner, rows, grad, moments, rms_sq, a, b, shift, new_rms_sq, hyper, adam_scale):
+    """Writes the step: the inner optimizer's moments, ν, and p ← a·p + b·d + shift, in place."""
+    direction, new_moments = _direction_values(inner, rows, grad, moments, hyper, adam_scale)
+    for moment, new in zip(moments, new_moments):
+        moment.copy_(new)
+    rms_sq.copy_(new_rms_sq)
+    rows.copy_(rows * a.unsqueeze(1) + direction * b.unsqueeze(1) + shift.unsqueeze(1))
+
+
+# Inductor's settings: never store d in a buffer (by default it does, as d is read several times):
+# recomputing it costs less than writing and reading it back from memory.
+_INDUCTOR_OPTIONS = {"realize_reads_threshold": 1000, "realize_cpu_opcount_threshold": 1000,
+                     "realize_cpu_acc_reads_threshold": 1000}
+_compiled = None  # (sums, apply) through torch.compile, made at the first use; False if compiling failed
+
+
+def _update_compiled(inner: str, pieces: list[_Piece], hyper: dict, rotation: dict, scratch: dict) -> None:
+    """impl="compiled": each tensor whole through the two compiled functions.
 
     The compilation is paid once per process (dynamic shapes: one kernel for every
-    tensor shape) and torch caches the kernels on disk for later processes. If it
-    fails (no C++ compiler, a backend torch lacks), the eager _rotate computes the
-    same numbers up to float rounding.
+    tensor shape; the step's scalars are arguments, so no step or lr compiles again)
+    and torch caches the kernels on disk for later processes. If it fails (no C++
+    compiler, a backend torch lacks), a warning says why and the chunked eager code
+    runs instead, for the rest of the process.
     """
     global _compiled
     if _compiled is None:
-        _compiled = torch.compile(_rotate, dynamic=True, fullgraph=True)
-    if _compiled is not _rotate:
+        _compiled = tuple(torch.compile(function, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
+                          for function in (_sums, _apply))
+    for index, piece in enumerate(pieces):
+        if _compiled is False:
+            return _update_chunked(inner, pieces[index:], hyper, rotation, _rotate, scratch)
+        sums, apply = _compiled
+        unit, adam_scale = _unit(inner, hyper, piece.step)
+        rms_correction = 1 - rotation["rms_beta"] ** piece.step
         try:
-            return _compiled(*args, **kwargs)
+            coefficients = sums(inner, piece.rows, piece.grad, piece.moments, piece.norm, piece.rms_sq,
+                                piece.speed, hyper, rotation, unit, adam_scale, rms_correction)
+            apply(inner, piece.rows, piece.grad, piece.moments, piece.rms_sq, *coefficients, hyper, adam_scale)
         except Exception as error:  # noqa: BLE001 - whatever breaks the compiler, the eager code still works
             # torch wraps the compiler's own error (BackendCompilerFailed.inner_exception): report that one.
-            while (inner := getattr(error, "inner_exception", None) or error.__cause__) is not None:
-                error = inner
+            while (inner_error := getattr(error, "inner_exception", None) or error.__cause__) is not None:
+                error = inner_error
             warnings.warn(f"torch.compile of the rotational step failed, so it runs eagerly: "
                           f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}")
-            _compiled = _rotate
-    return _rotate(*args, **kwargs)
+            _compiled = False
+            return _update_chunked(inner, pieces[index:], hyper, rotation, _rotate, scratch)
