@@ -355,13 +355,12 @@ def launch(
     plan = _plan_launch(experiment, model, _value(scale), None if out is None else output_dir(out), seeds or None,
                         set_, rerun_failed, _grid_axes(grid))
     if dry_run:
-        report = launcher.dry_run_report(plan, executor=executor.value, profile_name=profile, max_parallel=max_parallel,
-                                         runs_per_job=runs_per_job, gpus_per_run=gpus_per_run,
-                                         nodes_per_run=nodes_per_run)
+        report = launcher.dry_run(plan, executor=executor.value, profile_name=profile, max_parallel=max_parallel,
+                                  runs_per_job=runs_per_job, gpus_per_run=gpus_per_run, nodes_per_run=nodes_per_run)
         if as_json:
-            print_json(report)
+            print_json(report.to_dict())
         else:
-            typer.echo(launcher.format_dry_run(report))
+            typer.echo(report.format())
         return
     submission = launcher.submit(
         plan, executor=executor.value, profile_name=profile, max_parallel=max_parallel, runs_per_job=runs_per_job,

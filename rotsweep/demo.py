@@ -201,7 +201,7 @@ def launch_and_wait(sweeps: list[DemoSweep], executor: str, max_parallel: int, s
                 for path in run_counts}
     submitted = 0
     # Local: one sweep at a time (see the module docstring); SLURM: everything at once.
-    waves = [[entry] for entry in sweeps] if executor == "local" else [sweeps]
+    waves = [[entry] for entry in sweeps] if launch.get_backend(executor).runs_on_this_machine else [sweeps]
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[runs]}"),
                    TimeElapsedColumn(), disable=not show_progress)
     task = bar.add_task("sweeps", total=sum(run_counts.values()), runs="")
@@ -223,7 +223,7 @@ def launch_and_wait(sweeps: list[DemoSweep], executor: str, max_parallel: int, s
 
 def stop_after_interrupt(out: Path, sweeps: list[Path], executor: str, quick: bool) -> None:
     """On Ctrl-C: stop local jobs (nothing keeps running behind the user's back) and say how to resume."""
-    if executor == "local":
+    if launch.get_backend(executor).runs_on_this_machine:
         for sweep in sweeps:
             if store.read_manifest(sweep) is not None:
                 launch.cancel(sweep)

@@ -27,6 +27,8 @@ import torch
 from typer.testing import CliRunner
 
 from rotsweep import distributed, launch, presets, store, train
+from rotsweep.launch.profiles import load_profile, run_resources
+from rotsweep.launch.slurm import check_slurm_reachable
 from rotsweep.cli import app
 from rotsweep.config import RunConfig
 from rotsweep.data import load_dataset
@@ -102,14 +104,14 @@ def test_cli_refuses_procs_not_dividing_accumulation_before_writing(tmp_path):
 
 
 def test_gpus_per_run_becomes_tasks_and_gpus_per_node():
-    profile = launch.load_profile("a100")
-    resources = launch.run_resources(profile, gpus_per_run=8, nodes_per_run=2)
+    profile = load_profile("a100")
+    resources = run_resources(profile, gpus_per_run=8, nodes_per_run=2)
     assert (resources["nodes"], resources["tasks_per_node"], resources["gpus_per_node"]) == (2, 4, 4)
     # The CPU profile has no GPUs: the processes are CPU tasks (gloo), and no GPU is asked for.
-    local = launch.run_resources(launch.load_profile("local"), gpus_per_run=2)
+    local = run_resources(load_profile("local"), gpus_per_run=2)
     assert (local["nodes"], local["tasks_per_node"]) == (1, 2) and "gpus_per_node" not in local
     with pytest.raises(UserError, match="3 GPUs per run cannot be spread evenly over 2 nodes"):
-        launch.run_resources(profile, gpus_per_run=3, nodes_per_run=2)
+        run_resources(profile, gpus_per_run=3, nodes_per_run=2)
 
 
 def test_dry_run_header_and_gpu_hours_count_the_gpus_of_a_run():
@@ -261,7 +263,7 @@ def test_local_executor_runs_a_run_on_two_processes(tmp_path):
 
 def slurm_problem() -> str | None:
     try:
-        launch.check_slurm_reachable()
+        check_slurm_reachable()
     except UserError as error:
         return str(error)
     return None

@@ -16,6 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rotsweep import launch, store
+from rotsweep.launch.plan import run_state, should_submit
+from rotsweep.launch.slurm import check_slurm_reachable, parse_job_states
 from rotsweep.cli import app
 from rotsweep.errors import UserError
 from rotsweep.experiments import get_experiment
@@ -33,7 +35,7 @@ TO_CIFAR = ["--set", "dataset=cifar10", "--set", "dataset_options={}"]
 def slurm_available() -> str | None:
     """None when a controller answers, else why not."""
     try:
-        launch.check_slurm_reachable()
+        check_slurm_reachable()
     except UserError as error:
         return str(error)
     return None
@@ -100,19 +102,19 @@ def test_human_dry_run_lists_runs_and_header():
 
 
 def test_run_state_combines_files_and_scheduler():
-    assert launch.run_state({"status": "done"}, "FAILED").state == "done"
-    assert launch.run_state({"status": "running"}, "RUNNING").state == "running"
-    assert launch.run_state({"status": "pending"}, "PENDING").state == "queued"
-    assert launch.run_state({"status": "pending"}, None).state == "pending"
-    crashed = launch.run_state({"status": "running"}, "COMPLETED")
+    assert run_state({"status": "done"}, "FAILED").state == "done"
+    assert run_state({"status": "running"}, "RUNNING").state == "running"
+    assert run_state({"status": "pending"}, "PENDING").state == "queued"
+    assert run_state({"status": "pending"}, None).state == "pending"
+    crashed = run_state({"status": "running"}, "COMPLETED")
     assert (crashed.state, crashed.crashed) == ("failed", True)
     assert "COMPLETED without a finished run" in crashed.detail
-    raised = launch.run_state({"status": "failed", "error": "ValueError: x"}, "FAILED")
+    raised = run_state({"status": "failed", "error": "ValueError: x"}, "FAILED")
     assert (raised.state, raised.crashed, raised.detail) == ("failed", False, "ValueError: x")
-    assert launch.run_state({"status": "running"}, "CANCELLED").state == "cancelled"
-    assert launch.should_submit(crashed, rerun_failed=False)
-    assert not launch.should_submit(raised, rerun_failed=False)
-    assert launch.should_submit(raised, rerun_failed=True)
+    assert run_state({"status": "running"}, "CANCELLED").state == "cancelled"
+    assert should_submit(crashed, rerun_failed=False)
+    assert not should_submit(raised, rerun_failed=False)
+    assert should_submit(raised, rerun_failed=True)
 
 
 @pytest.mark.parametrize(
@@ -316,7 +318,7 @@ def test_unreachable_controller_is_one_line_and_writes_nothing(tmp_path):
 
 def test_sacct_array_ranges_are_expanded():
     text = "27_[2-4,7%2]|PENDING\n27_0|COMPLETED\n27_1|CANCELLED by 0\n30|RUNNING\n"
-    assert launch.parse_job_states(text, "|") == {
+    assert parse_job_states(text, "|") == {
         "27_2": "PENDING", "27_3": "PENDING", "27_4": "PENDING", "27_7": "PENDING",
         "27_0": "COMPLETED", "27_1": "CANCELLED", "30": "RUNNING",
     }
