@@ -429,27 +429,37 @@ def _plan_launch(target: str, model, scale, out, seeds, overrides, rerun_failed,
 
 @app.command(epilog=examples(
     "rotsweep status sweeps/eta-lambda-resnet20-tiny",
+    "rotsweep status sweeps/eta-lambda-resnet20-tiny --state failed,running --sort metric",
+    "rotsweep status sweeps/eta-lambda-resnet20-tiny --all --sort eta",
     "rotsweep status sweeps/eta-lambda-resnet20-tiny --watch --interval 10",
     "rotsweep status sweeps/eta-lambda-resnet20-tiny --json",
 ))
 @reports_user_errors
 def status(
     sweep: Path = typer.Argument(..., help="sweep directory"),
+    state: Optional[str] = typer.Option(
+        None, "--state", metavar="STATE,...", help="list only runs in these states (comma-separated): "
+        "failed, unreadable, diverged, cancelled, preempted, running, queued, pending, done"),
+    sort: str = typer.Option("run", help="order of the runs: run (the sweep's), state, variant, metric (best first), "
+                                         "progress, eta"),
+    all_runs: bool = typer.Option(False, "--all", help="list every run (default above 40 runs: counts per variant "
+                                                        "and the runs that need attention)"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     watch: bool = typer.Option(False, "--watch", help="refresh until every run has stopped"),
     interval: float = typer.Option(5.0, min=0.1, help="seconds between refreshes with --watch"),
 ) -> None:
-    """Counts per state and a table per run: state, step/total, last metric, job id."""
+    """Per run: variant and swept values, state, step/total, last metric, elapsed and ETA; counts and the best run."""
     from rotsweep import launch as launcher
 
+    states = [item.strip() for item in state.split(",") if item.strip()] if state else None
     if watch:
-        launcher.watch_status(sweep, interval)
+        launcher.watch_status(sweep, interval, states, sort, all_runs)
         return
-    report = launcher.sweep_status(sweep)
+    report = launcher.sweep_status(sweep, states, sort)
     if as_json:
-        print_json(report)
+        print_json(report.to_dict())
     else:
-        typer.echo(launcher.format_status(report))
+        typer.echo(report.format(all_runs))
 
 
 @app.command()

@@ -173,15 +173,15 @@ def run_random_walks(out: Path, quick: bool, say, workers: int) -> dict[int, dic
 # --- 2-3. Launch and wait ------------------------------------------------------------------
 
 
-def run_progress(report: dict) -> tuple[int, float]:
+def run_progress(report: launch.SweepStatus) -> tuple[int, float]:
     """(runs stopped, steps done counted in runs) of a launch.sweep_status report."""
     stopped, steps = 0, 0.0
-    for run in report["runs"]:
-        if run["state"] in launch.STOPPED_STATES and run["state"] not in ("pending", "preempted"):
+    for run in report.runs:
+        if run.state in launch.STOPPED_STATES and run.state not in ("pending", "preempted"):
             stopped += 1
             steps += 1.0
-        elif run["total_steps"]:
-            steps += min(run["step"] / run["total_steps"], 1.0)
+        elif run.total_steps:
+            steps += min(run.step / run.total_steps, 1.0)
     return stopped, steps
 
 

@@ -78,7 +78,7 @@ def finished(tmp_path_factory) -> Path:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["jobs"] == 3  # 6 runs in a pool of 4: 2 runs per job
     report = wait_until_stopped(sweep)
-    assert report["counts"] == {"done": RUNS}, launch.format_status(report)
+    assert report["counts"] == {"done": RUNS}, report
     assert invoke("gather", sweep).exit_code == 0
     return sweep
 
@@ -612,7 +612,7 @@ def test_status_of_an_array_task_cancelled_while_pending(tmp_path):
         subprocess.run(["scancel", job_id], check=True)
         deadline = time.time() + 60
         while time.time() < deadline:
-            run = next(run for run in launch.sweep_status(sweep)["runs"] if run["run_id"] == victim)
+            run = next(run for run in launch.sweep_status(sweep).to_dict()["runs"] if run["run_id"] == victim)
             if run["state"] != "queued":
                 break
             time.sleep(1)

@@ -250,9 +250,9 @@ def test_local_executor_runs_a_run_on_two_processes(tmp_path):
         "--grid", "weight_standardization=false"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["submitted_runs"] == 1
-    report = wait_for(lambda: (r := launch.sweep_status(sweep))["runs"][0]["state"] in launch.STOPPED_STATES and r,
+    report = wait_for(lambda: (r := launch.sweep_status(sweep).to_dict())["runs"][0]["state"] in launch.STOPPED_STATES and r,
                       900, "the local run")
-    assert report["runs"][0]["state"] == "done", launch.format_status(report)
+    assert report["runs"][0]["state"] == "done", report
     run_dir = store.run_dir(sweep, report["runs"][0]["run_id"])
     assert store.read_status(run_dir)["world_size"] == 2
     assert "× 2 processes" in (run_dir / store.LOG_FILE).read_text()
@@ -316,16 +316,16 @@ def test_slurm_run_of_two_tasks_survives_sigkill_of_a_rank_and_ends_as_an_uninte
     tasks = wait_for(lambda: (found := slurm_task_pids(store.jobs_dir(sweep))) and len(found) == 2 and found,
                      60, "two SLURM tasks")
     os.kill(tasks[0], signal.SIGKILL)  # rank 0, the one that writes the files
-    stopped = wait_for(lambda: (report := launch.sweep_status(sweep))["runs"][0]["state"] in launch.STOPPED_STATES
+    stopped = wait_for(lambda: (report := launch.sweep_status(sweep).to_dict())["runs"][0]["state"] in launch.STOPPED_STATES
                        and report, 300, "the job to end")
     assert stopped["runs"][0]["state"] in ("failed", "preempted") and store.read_status(run_dir)["step"] < 400
 
     again = CliRunner().invoke(app, args)  # the relaunch resubmits the killed run
     assert again.exit_code == 0, again.output
     assert json.loads(again.output)["submitted_runs"] == 1
-    done = wait_for(lambda: (report := launch.sweep_status(sweep))["runs"][0]["state"] in launch.STOPPED_STATES
+    done = wait_for(lambda: (report := launch.sweep_status(sweep).to_dict())["runs"][0]["state"] in launch.STOPPED_STATES
                     and report, 900, "the relaunched run")
-    assert done["runs"][0]["state"] == "done", launch.format_status(done)
+    assert done["runs"][0]["state"] == "done", done
     assert "resumed at step" in (run_dir / store.LOG_FILE).read_text()
 
     # The same run, uninterrupted, in one process here.

@@ -95,7 +95,7 @@ def test_arrays_split_at_max_array_size_and_runs_are_packed(tmp_path, monkeypatc
     assert {job_id.split("_")[1] for job_id in runs_per_job if "_" in job_id} == {"0", "1"}
 
     report = wait_until_stopped(sweep, timeout=900)
-    assert report["counts"] == {"done": RUNS}, launch.format_status(report)
+    assert report["counts"] == {"done": RUNS}, report
     # The two runs of a job ran in that one job (each SLURM job, array task or not, has its own SLURM_JOB_ID).
     ran_in = {}
     for run_id, job in jobs.items():
@@ -204,7 +204,7 @@ def test_a_cancelled_sweep_is_submitted_again_and_resumes(tmp_path):
 
     started = wait_for(a_run_past_a_checkpoint, timeout=180, what="a run past its first checkpoint")
     assert runner.invoke(app, ["cancel", str(sweep)]).exit_code == 0
-    wait_for(lambda: launch.sweep_status(sweep)["counts"] == {"cancelled": ZERO_SHOT_RUNS}, timeout=120,
+    wait_for(lambda: launch.sweep_status(sweep).counts == {"cancelled": ZERO_SHOT_RUNS}, timeout=120,
              what="every run cancelled")
     if store.read_status(store.run_dir(sweep, started))["status"] == "done":
         pytest.fail("the run finished before the cancel reached it")

@@ -60,7 +60,7 @@ def wait_for(predicate, timeout: float = 300.0, what: str = "condition"):
 def wait_until_stopped(sweep: Path) -> dict:
     def stopped():
         report = launch.sweep_status(sweep)
-        return report if launch.all_stopped(report) else None
+        return report.to_dict() if launch.all_stopped(report) else None
 
     return wait_for(stopped, what=f"every run of {sweep} to stop")
 
@@ -171,7 +171,7 @@ def test_a_process_holding_a_finished_jobs_pid_is_neither_the_job_nor_signalled(
             store.write_manifest(sweep, manifest)
 
             report = launch.sweep_status(sweep)
-            state = next(run for run in report["runs"] if run["run_id"] == victim)
+            state = next(run for run in report.runs if run.run_id == victim)
             assert (state["state"], state["detail"]) == ("failed", "job COMPLETED without a finished run")
             assert launch.cancel(sweep) == []
             assert stranger.poll() is None  # not signalled
@@ -305,7 +305,7 @@ def test_a_local_launch_in_a_pipe_returns_while_its_jobs_run(tmp_path):
         assert piped.returncode == 0, piped.stderr
         assert f"submitted {RUNS} of {RUNS} runs in 1 local job(s)" in piped.stdout
         # The pipe closed while the job still works through 100000 steps.
-        assert launch.sweep_status(sweep)["counts"].get("done", 0) == 0
+        assert launch.sweep_status(sweep).counts.get("done", 0) == 0
         assert not launch.all_stopped(launch.sweep_status(sweep))
         assert (store.jobs_dir(sweep) / "local-controllers.log").exists()
     finally:

@@ -12,8 +12,9 @@ submitit's own shape:
     manifest.py   SWEEP/manifest.json and the sweep's lock
     job.py        RunJob: what runs on a node
     submit.py     packing runs into jobs and submitting them
+    labels.py     how a run is named to a person (variant label, one-line description)
     dryrun.py     DryRun: everything a launch would do, without doing it
-    status.py     status, cancel, log paths
+    status.py     SweepStatus (one screen at any size), cancel, log paths
 
 Below is what the command line (rotsweep.cli) and the demo (rotsweep.demo) use.
 """
@@ -21,10 +22,10 @@ Below is what the command line (rotsweep.cli) and the demo (rotsweep.demo) use.
 from rotsweep.launch.backends import EXECUTORS, get_backend
 from rotsweep.launch.dryrun import DryRun, dry_run
 from rotsweep.launch.plan import SCALES, Plan, make_file_plan, make_plan, make_relaunch_plan
-from rotsweep.launch.status import (STOPPED_STATES, all_stopped, cancel, format_status, log_paths, sweep_status,
-                                    watch_status)
+from rotsweep.launch.status import (STOPPED_STATES, SweepStatus, all_stopped, cancel, log_paths,
+                                    sweep_status, watch_status)
 from rotsweep.launch.submit import Submission, submit
 
-__all__ = ["EXECUTORS", "SCALES", "STOPPED_STATES", "DryRun", "Plan", "Submission", "all_stopped", "cancel",
-           "dry_run", "format_status", "get_backend", "log_paths", "make_file_plan", "make_plan",
+__all__ = ["EXECUTORS", "SCALES", "STOPPED_STATES", "DryRun", "Plan", "Submission",
+           "SweepStatus", "all_stopped", "cancel", "dry_run", "get_backend", "log_paths", "make_file_plan", "make_plan",
            "make_relaunch_plan", "submit", "sweep_status", "watch_status"]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 
 from rotsweep.config import RunConfig
+from rotsweep.launch.labels import describe_run
 from rotsweep.launch.plan import Plan
 from rotsweep.launch.profiles import default_profile, load_profile, processes_per_run, run_resources
 from rotsweep.launch.submit import check_divides_accumulation, check_submission_options, pack
@@ -131,21 +131,3 @@ def dry_run(
         problems=plan.problems,
         sbatch_header=backend.dry_run_header(profile, plan.sweep, f"rotsweep-{plan.experiment}", jobs, max_parallel),
     )
-
-
-def describe_run(config: dict) -> str:
-    """One line naming what distinguishes a run in a sweep."""
-    name = ("RV-" if config["rotational"] else "") + config["optimizer"]
-    if config["warmup_steps"]:
-        warmup = f"{config['warmup_steps']} steps"
-    elif config["warmup_epochs"]:
-        warmup = f"{config['warmup_epochs']:g} epochs"
-    else:
-        warmup = "none"
-    extras = [label for flag, label in (("weight_standardization", "WS"), ("gain", "gain")) if config[flag]]
-    if config["imbalance_portion"]:
-        extras.append(f"{config['imbalance_mode']} p={config['imbalance_portion']:g} f={config['imbalance_factor']:g}")
-    if config["model_options"]:
-        extras.append(json.dumps(config["model_options"], sort_keys=True))
-    return (f"{config['model']:<11s} {name:<12s} lr {config['lr']:<9.3g} wd {config['weight_decay']:<9.3g} "
-            f"warmup {warmup:<10s} seed {config['seed']}  {' '.join(extras)}").rstrip()
