@@ -48,6 +48,12 @@ class Optimizer(str, Enum):
     lion = "lion"
 
 
+class Then(str, Enum):
+    gather = "gather"
+    plot = "plot"
+    report = "report"
+
+
 class KeepCheckpoints(str, Enum):
     all = "all"
     last = "last"
@@ -317,6 +323,7 @@ def experiments(
     "rotsweep launch eta-lambda --model resnet20 --scale tiny --executor local --max-parallel 2",
     "rotsweep launch warmup --model gpt2 --profile a100 --seeds 0 --seeds 1",
     "rotsweep launch adam-vs-adamw --model resnet18 --set eval_interval=200 --rerun-failed",
+    "rotsweep launch eta-lambda --model resnet20 --scale tiny --executor local --then plot",
 ))
 @reports_user_errors
 def launch(
@@ -346,6 +353,10 @@ def launch(
         None, help="processes (DDP ranks) per run, one GPU each on a GPU profile (default: the profile's, else 1)"),
     nodes_per_run: Optional[int] = typer.Option(None, help="nodes per run (default: the profile's, else 1)"),
     keep_checkpoints: KeepCheckpoints = typer.Option(KeepCheckpoints.last, help=KEEP_HELP),
+    then: Optional[Then] = typer.Option(
+        None, help="once every job of the sweep has ended: gather, plot (gather + plot all) or report (gather + "
+                   "report); a 1-CPU job held by --dependency=afterany on SLURM, a detached process locally; "
+                   "a relaunch replaces it"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; submit nothing"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -365,12 +376,12 @@ def launch(
     submission = launcher.submit(
         plan, executor=executor.value, profile_name=profile, max_parallel=max_parallel, runs_per_job=runs_per_job,
         data_dir=str(data_dir) if data_dir else None, gpus_per_run=gpus_per_run, nodes_per_run=nodes_per_run,
-        keep_checkpoints=keep_checkpoints.value,
+        keep_checkpoints=keep_checkpoints.value, then=_value(then),
     )
     summary = {
         "sweep": str(plan.sweep), "submitted_runs": submission.runs, "jobs": submission.jobs,
         "job_ids": submission.job_ids, "already_done": len(plan.already_done), "total_runs": len(plan.runs),
-        "problems": plan.problems,
+        "problems": plan.problems, "then": submission.then,
     }
     if as_json:
         print_json(summary)
@@ -380,6 +391,9 @@ def launch(
             f"{executor.value} job(s); {len(plan.already_done)} already finished. "
             f"Follow with: rotsweep status {plan.sweep}"
         )
+        if submission.then:
+            typer.echo(f"then: {submission.then['steps']} runs as {submission.then['executor']} job "
+                       f"{submission.then['job_id']} once every job of the sweep has ended")
         for problem in plan.problems:
             typer.echo(f"problem: {problem}")
 

@@ -93,6 +93,11 @@ class Backend:
         """Cancel the given active jobs; returns the job ids cancelled."""
         raise NotImplementedError
 
+    def submit_finisher(self, sweep: Path, then: str, after: list[str], profile: dict) -> dict:
+        """Start what runs the steps of `then` (rotsweep.launch.finish) once the jobs `after` have
+        ended; returns the fields of its manifest record (at least job_id)."""
+        raise NotImplementedError
+
     def prepare_task(self) -> None:
         """Called in each task of a job on its node, before any run starts."""
 

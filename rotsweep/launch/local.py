@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -56,6 +57,18 @@ class LocalBackend(Backend):
         # still the job's own is signalled, never whatever now holds a recycled PID.
         by_id = {job["job_id"]: job for job in jobs}
         return sorted(pid for pid, job in by_id.items() if signal_job_process(job, signal.SIGINT))
+
+    def submit_finisher(self, sweep: Path, then: str, after: list[str], profile: dict) -> dict:
+        # A process of its own session, detached from the launcher's terminal like the jobs' controllers,
+        # that polls the manifest's jobs (rotsweep.launch.finish.wait_then_run).
+        log_path = store.jobs_dir(sweep) / "then.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(os.devnull, "rb") as devnull, open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "rotsweep.launch.finish", str(Path(sweep).resolve()), then],
+                stdin=devnull, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        return {"job_id": str(process.pid), "process": process_start(process.pid), "log": str(log_path)}
 
     def describe_jobs(self, report) -> str:
         return (f"local jobs: {report.jobs} at once on this machine, {report.runs_per_job} run(s) each "

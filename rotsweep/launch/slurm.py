@@ -6,10 +6,14 @@ Also the one place that renders submitit's sbatch script without submitting it
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import submitit
 
 from rotsweep import store
 from rotsweep.errors import UserError
@@ -48,6 +52,27 @@ class SlurmBackend(Backend):
             if result.returncode != 0:
                 raise UserError(f"scancel failed: {result.stderr.strip()}")
         return job_ids
+
+    def submit_finisher(self, sweep: Path, then: str, after: list[str], profile: dict) -> dict:
+        from rotsweep.launch.finish import FinishJob
+
+        # One CPU in the sweep's partition (and account, qos), held by sbatch until each array has
+        # ended: afterany on an array's id waits for all of its tasks, whatever their outcome.
+        parameters = {"timeout_min": 60, "cpus_per_task": 1, "mem_gb": min(profile.get("mem_gb", 4), 4),
+                      **{key: profile[key] for key in ("slurm_partition", "slurm_account", "slurm_qos")
+                         if key in profile}}
+        arrays = sorted({job_id.split("_")[0] for job_id in after}, key=int)
+        if arrays:
+            parameters["slurm_dependency"] = "afterany:" + ":".join(arrays)
+        executor = submitit_executor("slurm", sweep, f"rotsweep-then-{then}", parameters)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                job = executor.submit(FinishJob(str(Path(sweep).resolve()), then))
+        except submitit.core.utils.FailedJobError as error:
+            refusal = str(error).strip().splitlines()[-1] if str(error).strip() else "no reason given"
+            raise UserError(f"the scheduler refused the job that runs {then} after the sweep ({refusal}); "
+                            "the sweep's runs are submitted: launch again with the same --then") from None
+        return {"job_id": job.job_id, **({"dependency": parameters["slurm_dependency"]} if arrays else {})}
 
     def prepare_task(self) -> None:
         from rotsweep import distributed

@@ -21,6 +21,7 @@ from rotsweep.clean import DEFAULT_KEEP, check_keep
 from rotsweep.errors import UserError
 from rotsweep.launch.backend import Backend
 from rotsweep.launch.backends import get_backend
+from rotsweep.launch.finish import check_then, replace_finisher
 from rotsweep.launch.job import RunJob
 from rotsweep.launch.manifest import sweep_lock, update_manifest
 from rotsweep.launch.plan import Plan, PlannedRun, plan_sweep
@@ -57,6 +58,7 @@ class Submission:
     jobs: int
     runs: int
     job_ids: list[str]
+    then: dict | None = None  # the finisher's manifest record (rotsweep.launch.finish), if one was submitted
 
 
 def submit(
@@ -70,15 +72,19 @@ def submit(
     gpus_per_run: int | None = None,
     nodes_per_run: int | None = None,
     keep_checkpoints: str = DEFAULT_KEEP,
+    then: str | None = None,
 ) -> Submission:
     """Submit the plan's runs; returns as soon as the scheduler has them.
 
     gpus_per_run / nodes_per_run spread each run over several processes (see run_resources).
     keep_checkpoints: what each run keeps of its checkpoint once finished (rotsweep.clean; not
     a RunConfig field, so no run_id depends on it).
+    then: gather, plot or report once every job of the sweep has ended (rotsweep.launch.finish);
+    a finisher recorded by an earlier launch is replaced whenever this one submits jobs.
     """
     backend = check_submission_options(executor, max_parallel, runs_per_job)
     check_keep(keep_checkpoints)
+    check_then(then)
     profile = run_resources(load_profile(profile_name or default_profile(plan.scale)), gpus_per_run, nodes_per_run)
     check_divides_accumulation(plan.to_submit, processes_per_run(profile))
     backend.check_reachable()
@@ -91,8 +97,13 @@ def submit(
                            overrides=plan.overrides, rerun_failed=plan.rerun_failed, axes_changed=plan.axes_changed)
         again.sweep_file, again.experiment_model = plan.sweep_file, plan.experiment_model
         plan = again
-        return submit_locked(plan, backend, profile, profile_name, max_parallel, runs_per_job, data_dir,
-                             keep_checkpoints)
+        submission = submit_locked(plan, backend, profile, profile_name, max_parallel, runs_per_job, data_dir,
+                                   keep_checkpoints)
+        recorded = (store.read_manifest(plan.sweep) or {}).get("then")
+        steps = then or (recorded["steps"] if recorded and submission.jobs else None)
+        if steps:
+            submission.then = replace_finisher(plan.sweep, steps, backend, profile)
+        return submission
 
 
 def submit_locked(
