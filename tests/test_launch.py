@@ -280,7 +280,7 @@ def test_slurm_cancel_and_completed_without_a_finished_run(tmp_path):
     assert cli("cancel", sweep).exit_code == 0
     report = wait_for(lambda: (r := launch.sweep_status(sweep)).counts == {"cancelled": RUNS} and r,
                       timeout=120, what="all runs cancelled")
-    assert all(run["job_id"] for run in report["runs"])
+    assert all(run.job_id for run in report.runs)
 
     # A job SLURM calls COMPLETED whose run did not finish is shown as failed, with its log.
     done = tmp_path / "done"

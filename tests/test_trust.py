@@ -172,7 +172,7 @@ def test_a_process_holding_a_finished_jobs_pid_is_neither_the_job_nor_signalled(
 
             report = launch.sweep_status(sweep)
             state = next(run for run in report.runs if run.run_id == victim)
-            assert (state["state"], state["detail"]) == ("failed", "job COMPLETED without a finished run")
+            assert (state.state, state.detail) == ("failed", "job COMPLETED without a finished run")
             assert launch.cancel(sweep) == []
             assert stranger.poll() is None  # not signalled
             plan = launch.make_plan("eta-lambda", "resnet20", scale="tiny", out=sweep, overrides=SHORT[1::2])
