@@ -129,7 +129,7 @@ def clean(sweep: str | os.PathLike, keep: str = DEFAULT_KEEP, dry_run: bool = Fa
             continue
         report.freed[run_dir.name] = bytes_freed(run_dir, keep) if dry_run else apply(run_dir, keep)
     if not dry_run and store.read_manifest(sweep) is not None:
-        from rotsweep.launch import sweep_lock  # the manifest has one writer at a time
+        from rotsweep.launch.manifest import sweep_lock  # the manifest has one writer at a time
 
         with sweep_lock(sweep):
             manifest = store.read_manifest(sweep)

@@ -48,6 +48,12 @@ class Optimizer(str, Enum):
     lion = "lion"
 
 
+class Then(str, Enum):
+    gather = "gather"
+    plot = "plot"
+    report = "report"
+
+
 class KeepCheckpoints(str, Enum):
     all = "all"
     last = "last"
@@ -319,6 +325,7 @@ def experiments(
     "rotsweep launch eta-lambda --model resnet20 --scale tiny --executor local --max-parallel 2",
     "rotsweep launch warmup --model gpt2 --profile a100 --seeds 0 --seeds 1",
     "rotsweep launch adam-vs-adamw --model resnet18 --set eval_interval=200 --rerun-failed",
+    "rotsweep launch eta-lambda --model resnet20 --scale tiny --executor local --then plot",
 ))
 @reports_user_errors
 def launch(
@@ -348,6 +355,10 @@ def launch(
         None, help="processes (DDP ranks) per run, one GPU each on a GPU profile (default: the profile's, else 1)"),
     nodes_per_run: Optional[int] = typer.Option(None, help="nodes per run (default: the profile's, else 1)"),
     keep_checkpoints: KeepCheckpoints = typer.Option(KeepCheckpoints.last, help=KEEP_HELP),
+    then: Optional[Then] = typer.Option(
+        None, help="once every job of the sweep has ended: gather, plot (gather + plot all) or report (gather + "
+                   "report); a 1-CPU job held by --dependency=afterany on SLURM, a detached process locally; "
+                   "a relaunch replaces it"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; submit nothing"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -357,23 +368,22 @@ def launch(
     plan = _plan_launch(experiment, model, _value(scale), None if out is None else output_dir(out), seeds or None,
                         set_, rerun_failed, _grid_axes(grid))
     if dry_run:
-        report = launcher.dry_run_report(plan, executor=executor.value, profile_name=profile, max_parallel=max_parallel,
-                                         runs_per_job=runs_per_job, gpus_per_run=gpus_per_run,
-                                         nodes_per_run=nodes_per_run)
+        report = launcher.dry_run(plan, executor=executor.value, profile_name=profile, max_parallel=max_parallel,
+                                  runs_per_job=runs_per_job, gpus_per_run=gpus_per_run, nodes_per_run=nodes_per_run)
         if as_json:
-            print_json(report)
+            print_json(report.to_dict())
         else:
-            typer.echo(launcher.format_dry_run(report))
+            typer.echo(report.format())
         return
     submission = launcher.submit(
         plan, executor=executor.value, profile_name=profile, max_parallel=max_parallel, runs_per_job=runs_per_job,
         data_dir=str(data_dir) if data_dir else None, gpus_per_run=gpus_per_run, nodes_per_run=nodes_per_run,
-        keep_checkpoints=keep_checkpoints.value,
+        keep_checkpoints=keep_checkpoints.value, then=_value(then),
     )
     summary = {
         "sweep": str(plan.sweep), "submitted_runs": submission.runs, "jobs": submission.jobs,
         "job_ids": submission.job_ids, "already_done": len(plan.already_done), "total_runs": len(plan.runs),
-        "problems": plan.problems,
+        "problems": plan.problems, "then": submission.then,
     }
     if as_json:
         print_json(summary)
@@ -383,6 +393,9 @@ def launch(
             f"{executor.value} job(s); {len(plan.already_done)} already finished. "
             f"Follow with: rotsweep status {plan.sweep}"
         )
+        if submission.then:
+            typer.echo(f"then: {submission.then['steps']} runs as {submission.then['executor']} job "
+                       f"{submission.then['job_id']} once every job of the sweep has ended")
         for problem in plan.problems:
             typer.echo(f"problem: {problem}")
 
@@ -434,27 +447,37 @@ def _plan_launch(target: str, model, scale, out, seeds, overrides, rerun_failed,
 
 @app.command(epilog=examples(
     "rotsweep status sweeps/eta-lambda-resnet20-tiny",
+    "rotsweep status sweeps/eta-lambda-resnet20-tiny --state failed,running --sort metric",
+    "rotsweep status sweeps/eta-lambda-resnet20-tiny --all --sort eta",
     "rotsweep status sweeps/eta-lambda-resnet20-tiny --watch --interval 10",
     "rotsweep status sweeps/eta-lambda-resnet20-tiny --json",
 ))
 @reports_user_errors
 def status(
     sweep: Path = typer.Argument(..., help="sweep directory"),
+    state: Optional[str] = typer.Option(
+        None, "--state", metavar="STATE,...", help="list only runs in these states (comma-separated): "
+        "failed, unreadable, diverged, cancelled, preempted, running, queued, pending, done"),
+    sort: str = typer.Option("run", help="order of the runs: run (the sweep's), state, variant, metric (best first), "
+                                         "progress, eta"),
+    all_runs: bool = typer.Option(False, "--all", help="list every run (default above 40 runs: counts per variant "
+                                                        "and the runs that need attention)"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     watch: bool = typer.Option(False, "--watch", help="refresh until every run has stopped"),
     interval: float = typer.Option(5.0, min=0.1, help="seconds between refreshes with --watch"),
 ) -> None:
-    """Counts per state and a table per run: state, step/total, last metric, job id."""
+    """Per run: variant and swept values, state, step/total, last metric, elapsed and ETA; counts and the best run."""
     from rotsweep import launch as launcher
 
+    states = [item.strip() for item in state.split(",") if item.strip()] if state else None
     if watch:
-        launcher.watch_status(sweep, interval)
+        launcher.watch_status(sweep, interval, states, sort, all_runs)
         return
-    report = launcher.sweep_status(sweep)
+    report = launcher.sweep_status(sweep, states, sort)
     if as_json:
-        print_json(report)
+        print_json(report.to_dict())
     else:
-        typer.echo(launcher.format_status(report))
+        typer.echo(report.format(all_runs))
 
 
 @app.command()

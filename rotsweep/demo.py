@@ -173,15 +173,15 @@ def run_random_walks(out: Path, quick: bool, say, workers: int) -> dict[int, dic
 # --- 2-3. Launch and wait ------------------------------------------------------------------
 
 
-def run_progress(report: dict) -> tuple[int, float]:
+def run_progress(report: launch.SweepStatus) -> tuple[int, float]:
     """(runs stopped, steps done counted in runs) of a launch.sweep_status report."""
     stopped, steps = 0, 0.0
-    for run in report["runs"]:
-        if run["state"] in launch.STOPPED_STATES and run["state"] not in ("pending", "preempted"):
+    for run in report.runs:
+        if run.state in launch.STOPPED_STATES and run.state not in ("pending", "preempted"):
             stopped += 1
             steps += 1.0
-        elif run["total_steps"]:
-            steps += min(run["step"] / run["total_steps"], 1.0)
+        elif run.total_steps:
+            steps += min(run.step / run.total_steps, 1.0)
     return stopped, steps
 
 
@@ -201,7 +201,7 @@ def launch_and_wait(sweeps: list[DemoSweep], executor: str, max_parallel: int, s
                 for path in run_counts}
     submitted = 0
     # Local: one sweep at a time (see the module docstring); SLURM: everything at once.
-    waves = [[entry] for entry in sweeps] if executor == "local" else [sweeps]
+    waves = [[entry] for entry in sweeps] if launch.get_backend(executor).runs_on_this_machine else [sweeps]
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[runs]}"),
                    TimeElapsedColumn(), disable=not show_progress)
     task = bar.add_task("sweeps", total=sum(run_counts.values()), runs="")
@@ -223,7 +223,7 @@ def launch_and_wait(sweeps: list[DemoSweep], executor: str, max_parallel: int, s
 
 def stop_after_interrupt(out: Path, sweeps: list[Path], executor: str, quick: bool) -> None:
     """On Ctrl-C: stop local jobs (nothing keeps running behind the user's back) and say how to resume."""
-    if executor == "local":
+    if launch.get_backend(executor).runs_on_this_machine:
         for sweep in sweeps:
             if store.read_manifest(sweep) is not None:
                 launch.cancel(sweep)

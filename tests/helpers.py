@@ -9,12 +9,13 @@ from rotsweep import launch
 
 
 def wait_until_stopped(sweep: Path, timeout: float = 600.0) -> dict:
-    """The sweep's status report once every run has stopped; an AssertionError after `timeout` s."""
+    """The sweep's status report (as `status --json` prints it) once every run has stopped;
+    an AssertionError after `timeout` s."""
     deadline = time.time() + timeout
     while True:
         report = launch.sweep_status(sweep)
         if launch.all_stopped(report):
-            return report
+            return report.to_dict()
         if time.time() > deadline:
-            raise AssertionError(f"sweep still running after {timeout} s: {launch.format_status(report)}")
+            raise AssertionError(f"sweep still running after {timeout} s: {report.format(all_runs=True)}")
         time.sleep(1.0)

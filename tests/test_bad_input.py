@@ -21,6 +21,8 @@ import typer.main
 from typer.testing import CliRunner
 
 from rotsweep import __version__, cli, launch, store, theory
+from rotsweep.launch.plan import run_state, should_submit
+from rotsweep.launch.slurm import check_slurm_reachable
 from rotsweep.analysis import figures
 from rotsweep.analysis.gather import output_paths
 from helpers import wait_until_stopped
@@ -76,7 +78,7 @@ def finished(tmp_path_factory) -> Path:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["jobs"] == 3  # 6 runs in a pool of 4: 2 runs per job
     report = wait_until_stopped(sweep)
-    assert report["counts"] == {"done": RUNS}, launch.format_status(report)
+    assert report["counts"] == {"done": RUNS}, report
     assert invoke("gather", sweep).exit_code == 0
     return sweep
 
@@ -545,19 +547,19 @@ def test_plot_all_names_the_command_to_run_and_its_exit_code_says_what_was_drawn
 
 def test_status_details_of_runs_that_never_started():
     # Never submitted, and a directory deleted after its job was submitted.
-    assert launch.run_state({"status": "pending"}, None, has_config=False).detail == "not submitted"
-    gone = launch.run_state({"status": "pending"}, "COMPLETED", has_config=False, job_id="41")
+    assert run_state({"status": "pending"}, None, has_config=False).detail == "not submitted"
+    gone = run_state({"status": "pending"}, "COMPLETED", has_config=False, job_id="41")
     assert (gone.state, gone.detail) == ("pending", "its directory is gone since job 41")
     # A SLURM array task cancelled while pending has no accounting record of its own.
-    cancelled = launch.run_state({"status": "pending"}, None, job_id="57_3")
+    cancelled = run_state({"status": "pending"}, None, job_id="57_3")
     assert cancelled.state == "pending" and "job 57_3 ended before the run started" in cancelled.detail
     # A local job that ended (killed, or failed on an earlier run of its pack) before reaching this run.
-    unstarted = launch.run_state({"status": "pending"}, "COMPLETED", job_id="123")
+    unstarted = run_state({"status": "pending"}, "COMPLETED", job_id="123")
     assert (unstarted.state, unstarted.detail) == ("pending", "job COMPLETED before the run started")
     for state in (cancelled, unstarted, gone):
-        assert launch.should_submit(state, rerun_failed=False)
+        assert should_submit(state, rerun_failed=False)
     # A run that started and then lost its job is still a crash.
-    assert launch.run_state({"status": "running"}, "COMPLETED").state == "failed"
+    assert run_state({"status": "running"}, "COMPLETED").state == "failed"
 
 
 def test_dry_run_counts_local_jobs_as_launch_makes_them_and_shows_no_slurm_resources(finished, tmp_path):
@@ -586,7 +588,7 @@ def _slurm_missing() -> str | None:
     from rotsweep.errors import UserError
 
     try:
-        launch.check_slurm_reachable()
+        check_slurm_reachable()
     except UserError as error:
         return str(error)
     return None
@@ -610,7 +612,7 @@ def test_status_of_an_array_task_cancelled_while_pending(tmp_path):
         subprocess.run(["scancel", job_id], check=True)
         deadline = time.time() + 60
         while time.time() < deadline:
-            run = next(run for run in launch.sweep_status(sweep)["runs"] if run["run_id"] == victim)
+            run = next(run for run in launch.sweep_status(sweep).to_dict()["runs"] if run["run_id"] == victim)
             if run["state"] != "queued":
                 break
             time.sleep(1)

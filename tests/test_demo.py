@@ -56,7 +56,7 @@ def test_quick_demo_end_to_end_then_again_submits_nothing(tmp_path):
                      for experiment, model in QUICK_EXPERIMENTS)
     assert first.submitted == total_runs
     for experiment, model in QUICK_EXPERIMENTS:
-        counts = launch.sweep_status(sweep_dir(tmp_path, experiment, model, True))["counts"]
+        counts = launch.sweep_status(sweep_dir(tmp_path, experiment, model, True)).counts
         assert set(counts) <= {"done", "diverged"}, (experiment, counts)
 
     # The report links every figure it names, and they exist: Figure 9 and one per sweep at least.

@@ -27,6 +27,8 @@ import torch
 from typer.testing import CliRunner
 
 from rotsweep import distributed, launch, presets, store, train
+from rotsweep.launch.profiles import load_profile, run_resources
+from rotsweep.launch.slurm import check_slurm_reachable
 from rotsweep.cli import app
 from rotsweep.config import RunConfig
 from rotsweep.data import load_dataset
@@ -102,14 +104,14 @@ def test_cli_refuses_procs_not_dividing_accumulation_before_writing(tmp_path):
 
 
 def test_gpus_per_run_becomes_tasks_and_gpus_per_node():
-    profile = launch.load_profile("a100")
-    resources = launch.run_resources(profile, gpus_per_run=8, nodes_per_run=2)
+    profile = load_profile("a100")
+    resources = run_resources(profile, gpus_per_run=8, nodes_per_run=2)
     assert (resources["nodes"], resources["tasks_per_node"], resources["gpus_per_node"]) == (2, 4, 4)
     # The CPU profile has no GPUs: the processes are CPU tasks (gloo), and no GPU is asked for.
-    local = launch.run_resources(launch.load_profile("local"), gpus_per_run=2)
+    local = run_resources(load_profile("local"), gpus_per_run=2)
     assert (local["nodes"], local["tasks_per_node"]) == (1, 2) and "gpus_per_node" not in local
     with pytest.raises(UserError, match="3 GPUs per run cannot be spread evenly over 2 nodes"):
-        launch.run_resources(profile, gpus_per_run=3, nodes_per_run=2)
+        run_resources(profile, gpus_per_run=3, nodes_per_run=2)
 
 
 def test_dry_run_header_and_gpu_hours_count_the_gpus_of_a_run():
@@ -248,9 +250,9 @@ def test_local_executor_runs_a_run_on_two_processes(tmp_path):
         "--grid", "weight_standardization=false"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["submitted_runs"] == 1
-    report = wait_for(lambda: (r := launch.sweep_status(sweep))["runs"][0]["state"] in launch.STOPPED_STATES and r,
+    report = wait_for(lambda: (r := launch.sweep_status(sweep).to_dict())["runs"][0]["state"] in launch.STOPPED_STATES and r,
                       900, "the local run")
-    assert report["runs"][0]["state"] == "done", launch.format_status(report)
+    assert report["runs"][0]["state"] == "done", report
     run_dir = store.run_dir(sweep, report["runs"][0]["run_id"])
     assert store.read_status(run_dir)["world_size"] == 2
     assert "× 2 processes" in (run_dir / store.LOG_FILE).read_text()
@@ -261,7 +263,7 @@ def test_local_executor_runs_a_run_on_two_processes(tmp_path):
 
 def slurm_problem() -> str | None:
     try:
-        launch.check_slurm_reachable()
+        check_slurm_reachable()
     except UserError as error:
         return str(error)
     return None
@@ -314,16 +316,16 @@ def test_slurm_run_of_two_tasks_survives_sigkill_of_a_rank_and_ends_as_an_uninte
     tasks = wait_for(lambda: (found := slurm_task_pids(store.jobs_dir(sweep))) and len(found) == 2 and found,
                      60, "two SLURM tasks")
     os.kill(tasks[0], signal.SIGKILL)  # rank 0, the one that writes the files
-    stopped = wait_for(lambda: (report := launch.sweep_status(sweep))["runs"][0]["state"] in launch.STOPPED_STATES
+    stopped = wait_for(lambda: (report := launch.sweep_status(sweep).to_dict())["runs"][0]["state"] in launch.STOPPED_STATES
                        and report, 300, "the job to end")
     assert stopped["runs"][0]["state"] in ("failed", "preempted") and store.read_status(run_dir)["step"] < 400
 
     again = CliRunner().invoke(app, args)  # the relaunch resubmits the killed run
     assert again.exit_code == 0, again.output
     assert json.loads(again.output)["submitted_runs"] == 1
-    done = wait_for(lambda: (report := launch.sweep_status(sweep))["runs"][0]["state"] in launch.STOPPED_STATES
+    done = wait_for(lambda: (report := launch.sweep_status(sweep).to_dict())["runs"][0]["state"] in launch.STOPPED_STATES
                     and report, 900, "the relaunched run")
-    assert done["runs"][0]["state"] == "done", launch.format_status(done)
+    assert done["runs"][0]["state"] == "done", done
     assert "resumed at step" in (run_dir / store.LOG_FILE).read_text()
 
     # The same run, uninterrupted, in one process here.

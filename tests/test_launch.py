@@ -16,6 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rotsweep import launch, store
+from rotsweep.launch.plan import run_state, should_submit
+from rotsweep.launch.slurm import check_slurm_reachable, parse_job_states
 from rotsweep.cli import app
 from rotsweep.errors import UserError
 from rotsweep.experiments import get_experiment
@@ -33,7 +35,7 @@ TO_CIFAR = ["--set", "dataset=cifar10", "--set", "dataset_options={}"]
 def slurm_available() -> str | None:
     """None when a controller answers, else why not."""
     try:
-        launch.check_slurm_reachable()
+        check_slurm_reachable()
     except UserError as error:
         return str(error)
     return None
@@ -100,19 +102,19 @@ def test_human_dry_run_lists_runs_and_header():
 
 
 def test_run_state_combines_files_and_scheduler():
-    assert launch.run_state({"status": "done"}, "FAILED").state == "done"
-    assert launch.run_state({"status": "running"}, "RUNNING").state == "running"
-    assert launch.run_state({"status": "pending"}, "PENDING").state == "queued"
-    assert launch.run_state({"status": "pending"}, None).state == "pending"
-    crashed = launch.run_state({"status": "running"}, "COMPLETED")
+    assert run_state({"status": "done"}, "FAILED").state == "done"
+    assert run_state({"status": "running"}, "RUNNING").state == "running"
+    assert run_state({"status": "pending"}, "PENDING").state == "queued"
+    assert run_state({"status": "pending"}, None).state == "pending"
+    crashed = run_state({"status": "running"}, "COMPLETED")
     assert (crashed.state, crashed.crashed) == ("failed", True)
     assert "COMPLETED without a finished run" in crashed.detail
-    raised = launch.run_state({"status": "failed", "error": "ValueError: x"}, "FAILED")
+    raised = run_state({"status": "failed", "error": "ValueError: x"}, "FAILED")
     assert (raised.state, raised.crashed, raised.detail) == ("failed", False, "ValueError: x")
-    assert launch.run_state({"status": "running"}, "CANCELLED").state == "cancelled"
-    assert launch.should_submit(crashed, rerun_failed=False)
-    assert not launch.should_submit(raised, rerun_failed=False)
-    assert launch.should_submit(raised, rerun_failed=True)
+    assert run_state({"status": "running"}, "CANCELLED").state == "cancelled"
+    assert should_submit(crashed, rerun_failed=False)
+    assert not should_submit(raised, rerun_failed=False)
+    assert should_submit(raised, rerun_failed=True)
 
 
 @pytest.mark.parametrize(
@@ -155,7 +157,7 @@ def test_local_sweep_runs_relaunches_nothing_and_resubmits_a_deleted_run(tmp_pat
     assert first["submitted_runs"] == first["total_runs"] == RUNS
     assert first["jobs"] == 2  # bounded pool: the runs packed into 2 local jobs
     report = wait_until_stopped(sweep)
-    assert report["counts"] == {"done": RUNS}, launch.format_status(report)
+    assert report["counts"] == {"done": RUNS}, report
 
     again = launch_json(*args)
     assert (again["submitted_runs"], again["already_done"]) == (0, RUNS)
@@ -215,7 +217,7 @@ def test_local_cancel_stops_the_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     launch_json("eta-lambda", "--model", "resnet20", "--scale", "tiny", "--executor", "local", "--out", sweep,
                 "--max-parallel", "1", "--set", "steps=100000", "--set", "eval_interval=1000")
-    wait_for(lambda: launch.sweep_status(sweep)["counts"].get("running"), what="a running run")
+    wait_for(lambda: launch.sweep_status(sweep).counts.get("running"), what="a running run")
     result = cli("cancel", sweep)
     assert result.exit_code == 0 and "cancelled 1 job(s)" in result.output
     report = wait_until_stopped(sweep, timeout=60)
@@ -237,7 +239,7 @@ def test_slurm_sweep_completes_and_relaunch_submits_only_missing_runs(tmp_path):
     assert (first["submitted_runs"], first["jobs"]) == (RUNS, RUNS)
     assert all("_" in job_id for job_id in first["job_ids"])  # one array: A_0, A_1, ...
     report = wait_until_stopped(sweep, timeout=600)
-    assert report["counts"] == {"done": RUNS}, launch.format_status(report)
+    assert report["counts"] == {"done": RUNS}, report
     assert launch_json(*args)["submitted_runs"] == 0
 
     victim = report["runs"][0]["run_id"]
@@ -264,7 +266,7 @@ def test_slurm_requeue_resumes_from_the_checkpoint(tmp_path):
     requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     assert requeue.returncode == 0, requeue.stderr
     report = wait_until_stopped(sweep, timeout=600)
-    assert report["counts"].get("done") == len(report["runs"]), launch.format_status(report)
+    assert report["counts"].get("done") == len(report["runs"]), report
     assert "resumed at step" in (run_dir / store.LOG_FILE).read_text()
 
 
@@ -274,21 +276,21 @@ def test_slurm_cancel_and_completed_without_a_finished_run(tmp_path):
     sweep = tmp_path / "sweep"
     launch_json("eta-lambda", "--model", "resnet20", "--scale", "tiny", "--executor", "slurm", "--profile", "local",
                 "--out", sweep, "--set", "steps=100000", "--set", "eval_interval=1000", "--max-parallel", "1")
-    wait_for(lambda: launch.sweep_status(sweep)["counts"].get("running"), timeout=120, what="a running run")
+    wait_for(lambda: launch.sweep_status(sweep).counts.get("running"), timeout=120, what="a running run")
     assert cli("cancel", sweep).exit_code == 0
-    report = wait_for(lambda: (r := launch.sweep_status(sweep))["counts"] == {"cancelled": RUNS} and r,
+    report = wait_for(lambda: (r := launch.sweep_status(sweep)).counts == {"cancelled": RUNS} and r,
                       timeout=120, what="all runs cancelled")
-    assert all(run["job_id"] for run in report["runs"])
+    assert all(run.job_id for run in report.runs)
 
     # A job SLURM calls COMPLETED whose run did not finish is shown as failed, with its log.
     done = tmp_path / "done"
     launch_json("eta-lambda", "--model", "resnet20", "--scale", "tiny", "--executor", "slurm", "--profile", "local",
                 "--out", done, *FAST, "--grid", "lr=1e-3")
     wait_until_stopped(done, timeout=300)
-    run = launch.sweep_status(done)["runs"][0]
+    run = launch.sweep_status(done).to_dict()["runs"][0]
     store.write_status(store.run_dir(done, run["run_id"]), "running", step=3)
     # Accounting records COMPLETED once the array's job has left the node, a moment after its runs ended.
-    shown = wait_for(lambda: (r := launch.sweep_status(done)["runs"][0])["state"] == "failed" and r,
+    shown = wait_for(lambda: (r := launch.sweep_status(done).to_dict()["runs"][0])["state"] == "failed" and r,
                      timeout=120, what="the job to be COMPLETED in accounting")
     assert "COMPLETED without a finished run" in shown["detail"]
     assert "log:" in cli("status", done).output
@@ -316,7 +318,7 @@ def test_unreachable_controller_is_one_line_and_writes_nothing(tmp_path):
 
 def test_sacct_array_ranges_are_expanded():
     text = "27_[2-4,7%2]|PENDING\n27_0|COMPLETED\n27_1|CANCELLED by 0\n30|RUNNING\n"
-    assert launch.parse_job_states(text, "|") == {
+    assert parse_job_states(text, "|") == {
         "27_2": "PENDING", "27_3": "PENDING", "27_4": "PENDING", "27_7": "PENDING",
         "27_0": "COMPLETED", "27_1": "CANCELLED", "30": "RUNNING",
     }
@@ -334,4 +336,4 @@ def test_a_refused_job_array_is_one_line(tmp_path):
     assert result.output.startswith("error: the scheduler refused the job array")
     assert result.output.strip().count("\n") == 0
     # Nothing was submitted, so every run is still waiting to be submitted.
-    assert launch.sweep_status(tmp_path / "sweep")["counts"] == {"pending": RUNS}
+    assert launch.sweep_status(tmp_path / "sweep").counts == {"pending": RUNS}

@@ -22,6 +22,10 @@ import pytest
 from typer.testing import CliRunner
 
 from rotsweep import launch, store, train
+from rotsweep.launch.backends import job_states
+from rotsweep.launch.plan import run_state, should_submit
+from rotsweep.launch import slurm
+from rotsweep.launch.submit import ready_for_submission
 from rotsweep.analysis import gather as gather_module
 from rotsweep.analysis.gather import gather, output_paths
 from rotsweep.cli import app
@@ -57,7 +61,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 def cluster_problem() -> str | None:
     try:
-        launch.check_slurm_reachable()
+        slurm.check_slurm_reachable()
     except Exception as error:  # UserError: no controller
         return str(error)
     return None
@@ -73,8 +77,8 @@ def test_arrays_split_at_max_array_size_and_runs_are_packed(tmp_path, monkeypatc
     The test cluster's MaxArraySize (1001) is too large to reach with tiny runs; the test
     lowers what launch reads as the cluster's limit and submits real arrays.
     """
-    assert launch.max_array_size() > 2  # the real value is read from `scontrol show config`
-    monkeypatch.setattr(launch, "max_array_size", lambda: 2)
+    assert slurm.max_array_size() > 2  # the real value is read from `scontrol show config`
+    monkeypatch.setattr(slurm, "max_array_size", lambda: 2)
     sweep = tmp_path / "sweep"
     summary = launch_json(*TINY_ETA_LAMBDA, "--executor", "slurm", "--profile", "local", "--out", sweep,
                           "--runs-per-job", 2, *FAST)
@@ -91,7 +95,7 @@ def test_arrays_split_at_max_array_size_and_runs_are_packed(tmp_path, monkeypatc
     assert {job_id.split("_")[1] for job_id in runs_per_job if "_" in job_id} == {"0", "1"}
 
     report = wait_until_stopped(sweep, timeout=900)
-    assert report["counts"] == {"done": RUNS}, launch.format_status(report)
+    assert report["counts"] == {"done": RUNS}, report
     # The two runs of a job ran in that one job (each SLURM job, array task or not, has its own SLURM_JOB_ID).
     ran_in = {}
     for run_id, job in jobs.items():
@@ -122,9 +126,9 @@ def test_arrays_split_at_max_array_size_and_runs_are_packed(tmp_path, monkeypatc
     ("diverged", "CANCELLED", "diverged", False),
 ])
 def test_preempted_and_cancelled_rules(recorded, job_state, state, submit):
-    decided = launch.run_state({"status": recorded}, job_state)
+    decided = run_state({"status": recorded}, job_state)
     assert decided.state == state
-    assert launch.should_submit(decided, rerun_failed=False) is submit
+    assert should_submit(decided, rerun_failed=False) is submit
 
 
 def test_a_cancelled_local_job_reads_as_cancelled():
@@ -133,7 +137,7 @@ def test_a_cancelled_local_job_reads_as_cancelled():
     gone.wait()
     jobs = {"a": {"job_id": str(gone.pid), "executor": "local", "cancelled": True},
             "b": {"job_id": str(gone.pid), "executor": "local"}}
-    assert launch.job_states(jobs) == {"a": "CANCELLED", "b": "COMPLETED"}
+    assert job_states(jobs) == {"a": "CANCELLED", "b": "COMPLETED"}
 
 
 # The tiny zero-shot comparison on GPT: two runs (AdamW and its rotational variant), 60 steps each.
@@ -200,14 +204,14 @@ def test_a_cancelled_sweep_is_submitted_again_and_resumes(tmp_path):
 
     started = wait_for(a_run_past_a_checkpoint, timeout=180, what="a run past its first checkpoint")
     assert runner.invoke(app, ["cancel", str(sweep)]).exit_code == 0
-    wait_for(lambda: launch.sweep_status(sweep)["counts"] == {"cancelled": ZERO_SHOT_RUNS}, timeout=120,
+    wait_for(lambda: launch.sweep_status(sweep).counts == {"cancelled": ZERO_SHOT_RUNS}, timeout=120,
              what="every run cancelled")
     if store.read_status(store.run_dir(sweep, started))["status"] == "done":
         pytest.fail("the run finished before the cancel reached it")
 
     plan = launch.make_plan("zero-shot", "gpt2", scale="tiny", out=sweep, overrides=LONGER)
     assert [run.state.state for run in plan.to_submit] == ["cancelled"] * ZERO_SHOT_RUNS
-    launch.ready_for_submission(plan.to_submit[0])  # what launch does before it submits
+    ready_for_submission(plan.to_submit[0])  # what launch does before it submits
     assert store.read_status(plan.to_submit[0].run_dir)["resubmitted_after"] == "cancelled"
 
     assert launch_json(*launch_args(sweep, 2))["submitted_runs"] == ZERO_SHOT_RUNS

@@ -18,6 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 from rotsweep import launch, store, train
+from rotsweep.launch.status import last_metric
 from rotsweep.analysis import gather
 from rotsweep.cli import app
 from rotsweep.presets import preset
@@ -62,7 +63,7 @@ def test_read_metrics_takes_from_the_parts_only_rows_past_the_checkpoint(tmp_pat
     store.append_live_metrics(tmp_path, [rows(45, "train", "loss", 4.5), rows(50, "val", "loss", 5.0)], 50)
     table = store.read_metrics(tmp_path).to_pylist()
     assert table == saved + [rows(45, "train", "loss", 4.5), rows(50, "val", "loss", 5.0)]
-    assert launch.last_metric(tmp_path) == ("val_loss", 5.0)
+    assert last_metric(tmp_path) == ("val_loss", 5.0)
     # Without a checkpoint yet, the parts are all there is.
     store.clear_live_metrics(tmp_path)
     assert store.live_metric_parts(tmp_path) == []

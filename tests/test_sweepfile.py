@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rotsweep import launch, store, sweepfile, theory
+from rotsweep.launch.manifest import update_manifest
 from rotsweep.cli import app
 from rotsweep.errors import UserError
 from rotsweep.experiments import EXPERIMENTS, SCALES
@@ -314,7 +315,7 @@ def test_a_changed_grid_is_another_sweep_and_is_relaunched_with_it(tmp_path):
     sweep = tmp_path / "sweep"
     path = write(tmp_path, TINY.replace("LRS", "[0.01]"))
     plan = launch.make_file_plan(sweepfile.load(path), out=sweep, axes={"lr": [0.02, 0.03]})
-    launch.update_manifest(plan, "local", None)  # as a launch records it, without running anything
+    update_manifest(plan, "local", None)  # as a launch records it, without running anything
     assert store.read_manifest(sweep)["axes_changed"] == {"lr": [0.02, 0.03]}
     again = launch.make_relaunch_plan(sweep)
     assert [run.config.run_id for run in again.runs] == [run.config.run_id for run in plan.runs]
@@ -328,7 +329,7 @@ def test_a_builtin_sweep_is_named_after_the_model_its_runs_train(tmp_path, monke
     assert report["model"] == "vgg13" and report["sweep"] == str(Path("sweeps") / "eta-lambda-vgg13-tiny")
     assert {run["config"]["model"] for run in report["runs"]} == {"vgg13"}
     plan = launch.make_plan("eta-lambda", "resnet20", scale="tiny", overrides=["model=vgg13"])
-    launch.update_manifest(plan, "local", None)
+    update_manifest(plan, "local", None)
     manifest = store.read_manifest(plan.sweep)
     assert (manifest["model"], manifest["experiment_model"]) == ("vgg13", "resnet20")
     again = launch.make_relaunch_plan(plan.sweep)

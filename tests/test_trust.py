@@ -21,6 +21,9 @@ import pytest
 import torch
 
 from rotsweep import launch, store, train
+from rotsweep.launch.backends import job_states
+from rotsweep.launch.local import is_job_process, process_start, signal_job_process
+from rotsweep.launch.slurm import check_slurm_reachable, submitit_sbatch_script
 from rotsweep.analysis import gather
 from rotsweep.errors import UserError
 from rotsweep.experiments import describe_experiments, get_experiment
@@ -57,7 +60,7 @@ def wait_for(predicate, timeout: float = 300.0, what: str = "condition"):
 def wait_until_stopped(sweep: Path) -> dict:
     def stopped():
         report = launch.sweep_status(sweep)
-        return report if launch.all_stopped(report) else None
+        return report.to_dict() if launch.all_stopped(report) else None
 
     return wait_for(stopped, what=f"every run of {sweep} to stop")
 
@@ -154,7 +157,7 @@ def test_a_process_holding_a_finished_jobs_pid_is_neither_the_job_nor_signalled(
     job = next(iter(manifest["jobs"].values()))
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     assert job["process"].startswith(boot_id + ":")  # the job's start time was recorded with its PID
-    wait_for(lambda: not launch.is_job_process(job), what="the job's process to exit")
+    wait_for(lambda: not is_job_process(job), what="the job's process to exit")
 
     # Run r's job was killed mid-run; its PID now belongs to an unrelated live process.
     victim = manifest["runs"][0]
@@ -168,8 +171,8 @@ def test_a_process_holding_a_finished_jobs_pid_is_neither_the_job_nor_signalled(
             store.write_manifest(sweep, manifest)
 
             report = launch.sweep_status(sweep)
-            state = next(run for run in report["runs"] if run["run_id"] == victim)
-            assert (state["state"], state["detail"]) == ("failed", "job COMPLETED without a finished run")
+            state = next(run for run in report.runs if run.run_id == victim)
+            assert (state.state, state.detail) == ("failed", "job COMPLETED without a finished run")
             assert launch.cancel(sweep) == []
             assert stranger.poll() is None  # not signalled
             plan = launch.make_plan("eta-lambda", "resnet20", scale="tiny", out=sweep, overrides=SHORT[1::2])
@@ -182,23 +185,23 @@ def test_a_process_holding_a_finished_jobs_pid_is_neither_the_job_nor_signalled(
 def test_process_start_tells_processes_apart():
     first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        identity = launch.process_start(first.pid)
-        assert identity and identity == launch.process_start(first.pid)
-        assert launch.is_job_process({"job_id": str(first.pid), "process": identity})
-        assert not launch.is_job_process({"job_id": str(first.pid), "process": identity + "0"})
+        identity = process_start(first.pid)
+        assert identity and identity == process_start(first.pid)
+        assert is_job_process({"job_id": str(first.pid), "process": identity})
+        assert not is_job_process({"job_id": str(first.pid), "process": identity + "0"})
         # One PID in two manifest entries (an old job's, and a later job's that got the PID again).
         jobs = {"old": {"job_id": str(first.pid), "executor": "local", "process": identity + "0"},
                 "new": {"job_id": str(first.pid), "executor": "local", "process": identity}}
-        assert launch.job_states(jobs) == {"old": "COMPLETED", "new": "RUNNING"}
-        assert not launch.signal_job_process({"job_id": str(first.pid), "process": identity + "0"}, signal.SIGTERM)
+        assert job_states(jobs) == {"old": "COMPLETED", "new": "RUNNING"}
+        assert not signal_job_process({"job_id": str(first.pid), "process": identity + "0"}, signal.SIGTERM)
         assert first.poll() is None
-        assert launch.signal_job_process({"job_id": str(first.pid), "process": identity}, signal.SIGTERM)
+        assert signal_job_process({"job_id": str(first.pid), "process": identity}, signal.SIGTERM)
         assert first.wait(timeout=60) == -signal.SIGTERM
     finally:
         first.kill()
         first.wait()
-    assert launch.process_start(first.pid) != identity  # reaped: gone, or another process
-    assert not launch.is_job_process({"job_id": str(first.pid), "process": identity})
+    assert process_start(first.pid) != identity  # reaped: gone, or another process
+    assert not is_job_process({"job_id": str(first.pid), "process": identity})
 
 
 # --- A3: concurrent launches take turns -----------------------------------------------------
@@ -302,7 +305,7 @@ def test_a_local_launch_in_a_pipe_returns_while_its_jobs_run(tmp_path):
         assert piped.returncode == 0, piped.stderr
         assert f"submitted {RUNS} of {RUNS} runs in 1 local job(s)" in piped.stdout
         # The pipe closed while the job still works through 100000 steps.
-        assert launch.sweep_status(sweep)["counts"].get("done", 0) == 0
+        assert launch.sweep_status(sweep).counts.get("done", 0) == 0
         assert not launch.all_stopped(launch.sweep_status(sweep))
         assert (store.jobs_dir(sweep) / "local-controllers.log").exists()
     finally:
@@ -317,7 +320,7 @@ def test_a_local_launch_in_a_pipe_returns_while_its_jobs_run(tmp_path):
 def test_the_sbatch_script_carries_every_profile_setting(tmp_path):
     profile = {"timeout_min": 90, "mem_gb": 1.5, "cpus_per_task": 3, "gpus_per_node": 1,
                "slurm_partition": "debug", "slurm_constraint": "a100"}
-    script = launch.submitit_sbatch_script(profile, command="echo hi", folder=tmp_path, job_name="rotsweep-x",
+    script = submitit_sbatch_script(profile, command="echo hi", folder=tmp_path, job_name="rotsweep-x",
                                            array_size=5, array_parallelism=2)
     flags = {line.split()[1] for line in script.splitlines() if line.startswith("#SBATCH")}
     assert {"--job-name=rotsweep-x", "--array=0-4%2", "--time=90", "--mem=1536MB", "--cpus-per-task=3",
@@ -325,13 +328,13 @@ def test_the_sbatch_script_carries_every_profile_setting(tmp_path):
             f"--output={tmp_path}/%A_%a_0_log.out", f"--error={tmp_path}/%A_%a_0_log.err"} <= flags
     assert "echo hi" in script
     with pytest.raises(UserError, match="'cpus': not a submitit AutoExecutor parameter"):
-        launch.submitit_sbatch_script({"cpus": 1}, command="x", folder=tmp_path, job_name="x", array_size=1,
+        submitit_sbatch_script({"cpus": 1}, command="x", folder=tmp_path, job_name="x", array_size=1,
                                       array_parallelism=None)
 
 
 def slurm_unavailable() -> str | None:
     try:
-        launch.check_slurm_reachable()
+        check_slurm_reachable()
     except UserError as error:
         return str(error)
     return None

@@ -19,7 +19,9 @@ import torch
 from typer.testing import CliRunner
 
 from helpers import wait_until_stopped
-from rotsweep import launch, store, usercode
+from rotsweep import store, usercode
+from rotsweep.launch.plan import default_sweep_dir
+from rotsweep.launch.slurm import check_slurm_reachable
 from rotsweep.cli import app
 from rotsweep.config import RunConfig
 from rotsweep.errors import UserError
@@ -141,7 +143,7 @@ def test_the_code_path_of_a_package_is_the_directory_holding_it(tmp_path, monkey
 def test_label_and_import_paths():
     assert usercode.label("examples.tiny_net:build") == "examples.tiny_net.build"
     assert usercode.label("resnet20") == "resnet20"
-    assert launch.default_sweep_dir("x", "tiny_net:build", "tiny") == Path("sweeps/x-tiny_net.build-tiny")
+    assert default_sweep_dir("x", "tiny_net:build", "tiny") == Path("sweeps/x-tiny_net.build-tiny")
 
 
 # --- Bad builders: one line at launch, nothing written or submitted ----------------------------
@@ -245,7 +247,7 @@ def test_the_user_net_sweep_runs_locally_to_done_through_gather(tmp_path):
 
 def slurm_problem() -> str | None:
     try:
-        launch.check_slurm_reachable()
+        check_slurm_reachable()
     except UserError as error:
         return str(error)
     return None

@@ -1,0 +1,95 @@
+"""A sweep that finishes itself: `launch --then gather|plot|report` gathers the sweep when its last
+job ends, then draws its figures or writes its report, with no command run after the launch.
+
+The steps are the commands a person would type (`rotsweep gather SWEEP`, `rotsweep plot all SWEEP`,
+`rotsweep report SWEEP`), run as subprocesses, so the launcher never imports the analysis code.
+On SLURM they are a small CPU job that sbatch holds until every job of the sweep has ended
+(`--dependency=afterany:<each array job>`); locally a detached process polls the sweep's jobs.
+Each launch that submits jobs replaces the recorded finisher (manifest "then"), so the steps
+also wait for the runs a relaunch submitted.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rotsweep import store
+from rotsweep.errors import UserError
+from rotsweep.launch.backend import ACTIVE_JOB_STATES, Backend
+from rotsweep.launch.backends import BACKENDS, job_states
+from rotsweep.launch.manifest import load_sweep
+
+# What each --then does once the sweep's jobs have ended: rotsweep commands, each given the sweep.
+THEN_STEPS = {
+    "gather": (("gather",),),
+    "plot": (("gather",), ("plot", "all")),
+    "report": (("gather",), ("report",)),
+}
+POLL_SECONDS = 2.0  # how often a local finisher looks at the sweep's jobs
+
+
+def check_then(then: str | None) -> None:
+    if then is not None and then not in THEN_STEPS:
+        raise UserError(f"unknown step {then!r} to run when the sweep ends; choose {', '.join(THEN_STEPS)}")
+
+
+def run_steps(sweep: str | Path, then: str) -> None:
+    """Run the steps of `then` on the sweep, in order; the first that fails stops the rest."""
+    for step in THEN_STEPS[then]:
+        command = [sys.executable, "-m", "rotsweep.cli", *step, str(sweep)]
+        print(f"$ {shlex.join(command)}", flush=True)
+        subprocess.run(command, check=True)
+
+
+class FinishJob:
+    """What a scheduler's finisher job runs (pickled by submitit): the steps, once it is allowed to start."""
+
+    def __init__(self, sweep: str, then: str):
+        self.sweep = sweep
+        self.then = then
+
+    def __call__(self) -> None:
+        run_steps(self.sweep, self.then)
+
+
+def active_jobs(manifest: dict) -> dict[str, dict]:
+    """{run_id: job entry} of the sweep's jobs that may still run."""
+    jobs = manifest.get("jobs", {})
+    states = job_states(jobs)
+    return {run_id: job for run_id, job in jobs.items() if states.get(run_id) in ACTIVE_JOB_STATES}
+
+
+def wait_then_run(sweep: Path, then: str) -> None:
+    """A local finisher: wait until no job of the sweep may still run (re-reading the manifest, so
+    jobs a relaunch adds are waited for too), then run the steps."""
+    while active_jobs(load_sweep(sweep)):
+        time.sleep(POLL_SECONDS)
+    run_steps(sweep, then)
+
+
+def replace_finisher(sweep: Path, then: str, backend: Backend, profile: dict) -> dict:
+    """Cancel the sweep's recorded finisher if it has not run yet, submit one for `then` that waits
+    for every job of the sweep that may still run, and record it in the manifest; returns the record.
+
+    Called by a launch while it holds the sweep's lock, after its own jobs are submitted.
+    """
+    manifest = load_sweep(sweep)
+    previous = manifest.get("then")
+    if previous and previous.get("job_id"):
+        owner = BACKENDS[previous["executor"]]
+        if owner.job_states({"then": previous}).get("then") in ACTIVE_JOB_STATES:
+            owner.cancel([previous])
+    after = sorted({job["job_id"] for job in active_jobs(manifest).values() if job["executor"] == backend.name})
+    record = {"steps": then, "executor": backend.name, "after": after, "submitted": time.time(),
+              **backend.submit_finisher(Path(sweep), then, after, profile)}
+    manifest["then"] = record
+    store.write_manifest(sweep, manifest)
+    return record
+
+
+if __name__ == "__main__":  # the local finisher's process: python -m rotsweep.launch.finish SWEEP STEPS
+    wait_then_run(Path(sys.argv[1]), sys.argv[2])

@@ -1,0 +1,106 @@
+"""A sweep that finishes itself (issue 12 point 6): `launch --then plot` gathers and draws the figures
+once the sweep's last job has ended, with no command run after the launch, on the real SLURM
+cluster (a job held by --dependency=afterany) and with the local executor (a detached process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from rotsweep import store
+from rotsweep.cli import app
+from rotsweep.launch import slurm
+from rotsweep.launch.local import is_job_process
+
+runner = CliRunner()
+
+# Two runs (AdamW, RV-AdamW at one lr) of the tiny eta-lambda sweep, 24 steps each.
+TWO_RUNS = ["eta-lambda", "--model", "resnet20", "--scale", "tiny", "--grid", "lr=1e-3", "--grid", "eta_lambda=0",
+            "--set", "steps=24", "--set", "eval_interval=12", "--set", "checkpoint_interval=12"]
+
+
+def cluster_problem() -> str | None:
+    try:
+        slurm.check_slurm_reachable()
+    except Exception as error:  # UserError: no controller
+        return str(error)
+    return None
+
+
+def launch_json(*args) -> dict:
+    result = runner.invoke(app, ["launch", *map(str, args), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def wait_for_figures(sweep: Path, timeout: float) -> list[Path]:
+    """Poll the file system only: the PNGs `plot all` writes into SWEEP/figures/."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pngs = sorted((sweep / "figures").glob("*.png"))
+        if pngs and all(png.with_suffix(".pdf").exists() for png in pngs):
+            return pngs
+        time.sleep(2)
+    log = "\n".join(p.read_text(errors="replace")[-2000:] for p in store.jobs_dir(sweep).glob("*then*"))
+    raise AssertionError(f"no figures in {sweep / 'figures'} after {timeout} s; finisher output:\n{log}")
+
+
+def check_finished_before_figures(sweep: Path, pngs: list[Path]) -> None:
+    """Every run is done and gathered, and the figures were drawn after the last run ended."""
+    manifest = store.read_manifest(sweep)
+    statuses = [store.read_status(store.run_dir(sweep, run_id)) for run_id in manifest["runs"]]
+    assert [status["status"] for status in statuses] == ["done"] * len(statuses)
+    runs = pd.read_parquet(sweep / "results" / "runs.parquet")
+    assert sorted(runs["run_id"]) == sorted(manifest["runs"]) and set(runs["status"]) == {"done"}
+    last_update = max(status["updated"] for status in statuses)
+    assert min(png.stat().st_mtime for png in pngs) >= last_update
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(cluster_problem() is not None and not os.environ.get("CI"),
+                    reason=f"no SLURM controller ({cluster_problem()}); start one with `bash slurm/cluster.sh start`")
+def test_then_plot_on_slurm_draws_the_figures_after_the_array_ends(tmp_path):
+    sweep = tmp_path / "sweep"
+    first = launch_json(*TWO_RUNS, "--executor", "slurm", "--profile", "local", "--out", sweep, "--then", "gather")
+    # A relaunch while the runs are in flight submits no run but replaces the finisher (now: plot).
+    second = launch_json(sweep, "--executor", "slurm", "--profile", "local", "--then", "plot")
+    assert second["submitted_runs"] == 0
+    old, new = first["then"], second["then"]
+    arrays = sorted({job_id.split("_")[0] for job_id in first["job_ids"]})
+    assert new["dependency"] == "afterany:" + ":".join(arrays) and new["job_id"] != old["job_id"]
+    assert store.read_manifest(sweep)["then"] == new
+    # What the scheduler holds: the finisher waits on the arrays; the replaced one was cancelled.
+    shown = subprocess.run(["scontrol", "show", "job", new["job_id"]], capture_output=True, text=True).stdout
+    assert "JobState=PENDING" in shown and "Dependency=afterany:" in shown, shown
+    pngs = wait_for_figures(sweep, timeout=900)
+    check_finished_before_figures(sweep, pngs)
+    assert slurm.slurm_job_states([old["job_id"]]) == {old["job_id"]: "CANCELLED"}
+
+
+def test_then_plot_with_the_local_executor_draws_the_figures_after_the_jobs_end(tmp_path):
+    sweep = tmp_path / "sweep"
+    summary = launch_json(*TWO_RUNS, "--executor", "local", "--out", sweep, "--then", "plot")
+    finisher = summary["then"]
+    assert finisher["executor"] == "local" and finisher["after"] == summary["job_ids"]
+    assert is_job_process(finisher)  # detached, waiting for the sweep's job
+    pngs = wait_for_figures(sweep, timeout=900)
+    check_finished_before_figures(sweep, pngs)
+    deadline = time.time() + 60
+    while is_job_process(finisher) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not is_job_process(finisher)  # it ends once its steps are done
+
+
+def test_an_unknown_then_step_is_a_one_line_error(tmp_path):
+    result = runner.invoke(app, ["launch", *TWO_RUNS, "--executor", "local", "--out", str(tmp_path / "s"),
+                                 "--then", "publish"])
+    assert result.exit_code == 2 and "publish" in result.output
+    assert not (tmp_path / "s").exists()
