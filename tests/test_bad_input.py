@@ -541,7 +541,7 @@ def test_plot_all_names_the_command_to_run_and_its_exit_code_says_what_was_drawn
     assert invoke("gather", empty).exit_code == 0
     nothing = invoke("plot", "all", empty)
     assert nothing.exit_code == 1, nothing.output
-    assert nothing.stdout.count("skipped") == len(figures.ALL_FIGURES) - 1  # all but the random walk
+    assert nothing.stdout.count("skipped") == len(figures.FIGURES) - 1  # all but the random walk
     assert not (empty / figures.FIGURES_DIR).exists()
 
 
