@@ -1,5 +1,5 @@
-"""A sweep that finishes itself (issue 12 point 6): `launch --then plot` gathers and draws the figures
-once the sweep's last job has ended, with no command run after the launch, on the real SLURM
+"""A sweep that finishes itself (issue 12 point 6): `launch --then report|plot` gathers and writes the
+report (or draws the figures) once the sweep's last job has ended, with no command run after the launch, on the real SLURM
 cluster (a job held by --dependency=afterany) and with the local executor (a detached process).
 """
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -53,6 +54,17 @@ def wait_for_figures(sweep: Path, timeout: float) -> list[Path]:
     raise AssertionError(f"no figures in {sweep / 'figures'} after {timeout} s; finisher output:\n{log}")
 
 
+def wait_for_report(sweep: Path, timeout: float) -> Path:
+    """Poll the file system only: the report.html that `rotsweep report` writes into SWEEP/."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (sweep / "report.html").exists() and (sweep / "report.md").exists():
+            return sweep / "report.html"
+        time.sleep(2)
+    log = "\n".join(p.read_text(errors="replace")[-2000:] for p in store.jobs_dir(sweep).glob("*then*"))
+    raise AssertionError(f"no report.html in {sweep} after {timeout} s; finisher output:\n{log}")
+
+
 def check_finished_before_figures(sweep: Path, pngs: list[Path]) -> None:
     """Every run is done and gathered, and the figures were drawn after the last run ended."""
     manifest = store.read_manifest(sweep)
@@ -67,11 +79,11 @@ def check_finished_before_figures(sweep: Path, pngs: list[Path]) -> None:
 @pytest.mark.slurm
 @pytest.mark.skipif(cluster_problem() is not None and not os.environ.get("CI"),
                     reason=f"no SLURM controller ({cluster_problem()}); start one with `bash slurm/cluster.sh start`")
-def test_then_plot_on_slurm_draws_the_figures_after_the_array_ends(tmp_path):
+def test_then_report_on_slurm_writes_the_report_after_the_array_ends(tmp_path):
     sweep = tmp_path / "sweep"
     first = launch_json(*TWO_RUNS, "--executor", "slurm", "--profile", "local", "--out", sweep, "--then", "gather")
-    # A relaunch while the runs are in flight submits no run but replaces the finisher (now: plot).
-    second = launch_json(sweep, "--executor", "slurm", "--profile", "local", "--then", "plot")
+    # A relaunch while the runs are in flight submits no run but replaces the finisher (now: report).
+    second = launch_json(sweep, "--executor", "slurm", "--profile", "local", "--then", "report")
     assert second["submitted_runs"] == 0
     old, new = first["then"], second["then"]
     arrays = sorted({job_id.split("_")[0] for job_id in first["job_ids"]})
@@ -80,8 +92,11 @@ def test_then_plot_on_slurm_draws_the_figures_after_the_array_ends(tmp_path):
     # What the scheduler holds: the finisher waits on the arrays; the replaced one was cancelled.
     shown = subprocess.run(["scontrol", "show", "job", new["job_id"]], capture_output=True, text=True).stdout
     assert "JobState=PENDING" in shown and "Dependency=afterany:" in shown, shown
-    pngs = wait_for_figures(sweep, timeout=900)
-    check_finished_before_figures(sweep, pngs)
+    report = wait_for_report(sweep, timeout=900)
+    check_finished_before_figures(sweep, [report])
+    html = report.read_text()
+    images = re.findall(r'<img[^>]* src="([^"]*)"', html)
+    assert images and all(src.startswith("data:image/") for src in images)  # the figures, embedded
     assert slurm.slurm_job_states([old["job_id"]]) == {old["job_id"]: "CANCELLED"}
 
 
