@@ -22,10 +22,9 @@ from typer.testing import CliRunner
 
 from rotsweep import __version__, cli, launch, store, theory
 from rotsweep.launch.plan import run_state, should_submit
-from rotsweep.launch.slurm import check_slurm_reachable
 from rotsweep.analysis import figures
 from rotsweep.analysis.gather import output_paths
-from helpers import wait_until_stopped
+from helpers import needs_slurm, wait_until_stopped
 
 runner = CliRunner()
 
@@ -584,18 +583,9 @@ def test_random_walk_panels_have_distinct_titles(tmp_path):
     assert len(titles) == 2 and len(set(titles)) == 2, titles
 
 
-def _slurm_missing() -> str | None:
-    from rotsweep.errors import UserError
-
-    try:
-        check_slurm_reachable()
-    except UserError as error:
-        return str(error)
-    return None
-
 
 @pytest.mark.slurm
-@pytest.mark.skipif(_slurm_missing() is not None and not os.environ.get("CI"), reason="no SLURM controller")
+@needs_slurm
 def test_status_of_an_array_task_cancelled_while_pending(tmp_path):
     import subprocess
     import time

@@ -28,12 +28,12 @@ from typer.testing import CliRunner
 
 from rotsweep import distributed, launch, presets, store, train
 from rotsweep.launch.profiles import load_profile, run_resources
-from rotsweep.launch.slurm import check_slurm_reachable
 from rotsweep.cli import app
 from rotsweep.config import RunConfig
 from rotsweep.data import load_dataset
 from rotsweep.distributed import Ranks
 from rotsweep.errors import UserError
+from helpers import needs_slurm
 
 ROTSWEEP = str(Path(sys.executable).parent / "rotsweep")
 RELATIVE_TOLERANCE = 1e-5
@@ -261,13 +261,6 @@ def test_local_executor_runs_a_run_on_two_processes(tmp_path):
 # --- the real SLURM cluster: 2 tasks per run (gloo) -------------------------------------------
 
 
-def slurm_problem() -> str | None:
-    try:
-        check_slurm_reachable()
-    except UserError as error:
-        return str(error)
-    return None
-
 
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
@@ -296,8 +289,7 @@ def slurm_task_pids(jobs_dir: Path) -> dict[int, int]:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-@pytest.mark.skipif(slurm_problem() is not None and not os.environ.get("CI"),
-                    reason=f"no SLURM controller ({slurm_problem()}); start one with `bash slurm/cluster.sh start`")
+@needs_slurm
 def test_slurm_run_of_two_tasks_survives_sigkill_of_a_rank_and_ends_as_an_uninterrupted_run(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["launch", "dynamics", "--model", "gpt2", "--scale", "tiny", "--executor", "slurm", "--profile", "local",

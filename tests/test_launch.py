@@ -17,11 +17,10 @@ from typer.testing import CliRunner
 
 from rotsweep import launch, store
 from rotsweep.launch.plan import run_state, should_submit
-from rotsweep.launch.slurm import check_slurm_reachable, parse_job_states
+from rotsweep.launch.slurm import parse_job_states
 from rotsweep.cli import app
-from rotsweep.errors import UserError
 from rotsweep.experiments import get_experiment
-from helpers import wait_until_stopped
+from helpers import needs_slurm, wait_until_stopped
 
 runner = CliRunner()
 
@@ -32,19 +31,7 @@ RUNS = len(get_experiment("eta-lambda").runs("resnet20", scale="tiny"))
 TO_CIFAR = ["--set", "dataset=cifar10", "--set", "dataset_options={}"]
 
 
-def slurm_available() -> str | None:
-    """None when a controller answers, else why not."""
-    try:
-        check_slurm_reachable()
-    except UserError as error:
-        return str(error)
-    return None
 
-
-needs_slurm = pytest.mark.skipif(
-    slurm_available() is not None and not os.environ.get("CI"),
-    reason=f"no SLURM controller ({slurm_available()}); start one with `bash slurm/cluster.sh start`",
-)
 
 
 def cli(*args: str):

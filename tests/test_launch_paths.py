@@ -31,7 +31,7 @@ from rotsweep.analysis.gather import gather, output_paths
 from rotsweep.cli import app
 from rotsweep.config import RunConfig
 from rotsweep.experiments import get_experiment
-from helpers import wait_until_stopped
+from helpers import needs_slurm, wait_until_stopped
 
 runner = CliRunner()
 FAST = ["--set", "steps=24", "--set", "eval_interval=12", "--set", "checkpoint_interval=12",
@@ -59,17 +59,9 @@ def wait_for(predicate, timeout: float, what: str):
 # --- Job arrays on the real cluster ----------------------------------------------------------
 
 
-def cluster_problem() -> str | None:
-    try:
-        slurm.check_slurm_reachable()
-    except Exception as error:  # UserError: no controller
-        return str(error)
-    return None
-
 
 @pytest.mark.slurm
-@pytest.mark.skipif(cluster_problem() is not None and not os.environ.get("CI"),
-                    reason=f"no SLURM controller ({cluster_problem()}); start one with `bash slurm/cluster.sh start`")
+@needs_slurm
 def test_arrays_split_at_max_array_size_and_runs_are_packed(tmp_path, monkeypatch):
     """The tiny eta-lambda grid (10 runs), 2 runs per job: 5 jobs; under MaxArraySize 2 (task indices
     0 and 1) they go in 3 arrays.

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from rotsweep import launch, store
+from rotsweep import store
 from rotsweep.cli import app
 from rotsweep.config import RunConfig
 from rotsweep.launch.local import process_start

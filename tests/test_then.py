@@ -6,7 +6,6 @@ cluster (a job held by --dependency=afterany) and with the local executor (a det
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -20,6 +19,7 @@ from rotsweep import store
 from rotsweep.cli import app
 from rotsweep.launch import slurm
 from rotsweep.launch.local import is_job_process
+from helpers import needs_slurm
 
 runner = CliRunner()
 
@@ -27,13 +27,6 @@ runner = CliRunner()
 TWO_RUNS = ["eta-lambda", "--model", "resnet20", "--scale", "tiny", "--grid", "lr=1e-3", "--grid", "eta_lambda=0",
             "--set", "steps=24", "--set", "eval_interval=12", "--set", "checkpoint_interval=12"]
 
-
-def cluster_problem() -> str | None:
-    try:
-        slurm.check_slurm_reachable()
-    except Exception as error:  # UserError: no controller
-        return str(error)
-    return None
 
 
 def launch_json(*args) -> dict:
@@ -77,8 +70,7 @@ def check_finished_before_figures(sweep: Path, pngs: list[Path]) -> None:
 
 
 @pytest.mark.slurm
-@pytest.mark.skipif(cluster_problem() is not None and not os.environ.get("CI"),
-                    reason=f"no SLURM controller ({cluster_problem()}); start one with `bash slurm/cluster.sh start`")
+@needs_slurm
 def test_then_report_on_slurm_writes_the_report_after_the_array_ends(tmp_path):
     sweep = tmp_path / "sweep"
     first = launch_json(*TWO_RUNS, "--executor", "slurm", "--profile", "local", "--out", sweep, "--then", "gather")

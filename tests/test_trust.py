@@ -23,11 +23,12 @@ import torch
 from rotsweep import launch, store, train
 from rotsweep.launch.backends import job_states
 from rotsweep.launch.local import is_job_process, process_start, signal_job_process
-from rotsweep.launch.slurm import check_slurm_reachable, submitit_sbatch_script
+from rotsweep.launch.slurm import submitit_sbatch_script
 from rotsweep.analysis import gather
 from rotsweep.errors import UserError
 from rotsweep.experiments import describe_experiments, get_experiment
 from rotsweep.presets import preset
+from helpers import needs_slurm
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
@@ -332,16 +333,7 @@ def test_the_sbatch_script_carries_every_profile_setting(tmp_path):
                                       array_parallelism=None)
 
 
-def slurm_unavailable() -> str | None:
-    try:
-        check_slurm_reachable()
-    except UserError as error:
-        return str(error)
-    return None
 
-
-needs_slurm = pytest.mark.skipif(slurm_unavailable() is not None and not os.environ.get("CI"),
-                                 reason="no SLURM controller; start one with `bash slurm/cluster.sh start`")
 
 
 @needs_slurm

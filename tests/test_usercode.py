@@ -18,10 +18,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import wait_until_stopped
+from helpers import needs_slurm, wait_until_stopped
 from rotsweep import store, usercode
 from rotsweep.launch.plan import default_sweep_dir
-from rotsweep.launch.slurm import check_slurm_reachable
 from rotsweep.cli import app
 from rotsweep.config import RunConfig
 from rotsweep.errors import UserError
@@ -245,18 +244,10 @@ def test_the_user_net_sweep_runs_locally_to_done_through_gather(tmp_path):
     check_gathered(sweep)
 
 
-def slurm_problem() -> str | None:
-    try:
-        check_slurm_reachable()
-    except UserError as error:
-        return str(error)
-    return None
-
 
 @pytest.mark.slurm
 @pytest.mark.slow
-@pytest.mark.skipif(slurm_problem() is not None and not os.environ.get("CI"),
-                    reason=f"no SLURM controller ({slurm_problem()}); start one with `bash slurm/cluster.sh start`")
+@needs_slurm
 def test_the_user_net_sweep_on_slurm_is_managed_from_another_directory(tmp_path):
     project, elsewhere = user_project(tmp_path)
     sweep_file = tmp_path / "eta.toml"  # the file apart from the module: found through the working directory
