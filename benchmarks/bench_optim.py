@@ -13,7 +13,8 @@ model runs, only optimizer steps. The device is CUDA when there is one.
 Time: the optimizers live in this process on their own copies of the
 parameters and take turns, one step each per round, so that load from other
 processes hits them alike. Two warm-up rounds allocate the state (and compile
-RV-AdamW compiled; its first step's time is printed). Medians over rounds are
+RV-AdamW compiled, and build or load RV-AdamW kernel's C++ extension; their
+first steps' times are printed). Medians over rounds are
 printed: wall-clock, and on the CPU also the process's CPU time (all threads),
 which other processes on a shared machine disturb less; and the ratios of both
 to torch's fused AdamW, with the spread of the CPU-time ratio: the quartiles of

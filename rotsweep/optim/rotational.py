@@ -78,9 +78,10 @@ rounding:
                tensors (other dtypes or devices, rows wider than 2^16 elements)
                take the chunked path
 
-benchmarks/bench_optim.py measures them against torch's AdamW: with one thread
-at GPT2-124M's shapes, kernel takes about 1.2× fused AdamW's CPU time, compiled
-2.1×, chunked 3.6×.
+benchmarks/bench_optim.py measures them against torch's AdamW. On this project's
+2-core test machine with one thread (four runs, load 2-4), the median step's CPU
+time over fused AdamW's was 1.00-1.21 for kernel at GPT2-124M's shapes (1.13-1.40
+at a 6x384 GPT's), 2.0-2.3 for compiled and 3.3-3.7 for chunked.
 """
 
 from __future__ import annotations
