@@ -13,7 +13,8 @@ model runs, only optimizer steps. The device is CUDA when there is one.
 Time: the optimizers live in this process on their own copies of the
 parameters and take turns, one step each per round, so that load from other
 processes hits them alike. Two warm-up rounds allocate the state (and compile
-RV-AdamW compiled; its first step's time is printed). Medians over rounds are
+RV-AdamW compiled, and build or load RV-AdamW kernel's C++ extension; their
+first steps' times are printed). Medians over rounds are
 printed: wall-clock, and on the CPU also the process's CPU time (all threads),
 which other processes on a shared machine disturb less; and the ratios of both
 to torch's fused AdamW, with the spread of the CPU-time ratio: the quartiles of
@@ -70,7 +71,8 @@ SIZES = {
     "GPT2-124M": gpt_shapes(n_layer=12, n_embd=768, block=1024),
     "ResNet-20": resnet20_shapes(),
 }
-OPTIMIZERS = ("AdamW foreach", "AdamW fused", "RV-AdamW chunked", "RV-AdamW grouped", "RV-AdamW compiled")
+OPTIMIZERS = ("AdamW foreach", "AdamW fused", "RV-AdamW chunked", "RV-AdamW grouped", "RV-AdamW compiled",
+              "RV-AdamW kernel")
 LR, WEIGHT_DECAY, BETAS = 6e-4, 0.1, (0.9, 0.95)
 
 
@@ -207,7 +209,8 @@ def main() -> None:
                   + f" {cpu[name] / cpu['AdamW foreach']:7.2f} {extra / 2**20:8.1f} {extra / params_bytes:8.2f}"
                   f"  {memory[name]['state'] / 2**20:8.1f}")
         print(f"{size:<10} parameters: {n_parameters(size) / 1e6:.1f} M = {params_bytes / 2**20:.0f} MB; first step of "
-              f"RV-AdamW compiled (compiling): {first['RV-AdamW compiled']:.1f} s; load average {load_average()}")
+              f"RV-AdamW compiled (compiling): {first['RV-AdamW compiled']:.1f} s, kernel (building or loading): "
+              f"{first['RV-AdamW kernel']:.1f} s; load average {load_average()}")
 
 
 if __name__ == "__main__":

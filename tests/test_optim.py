@@ -510,6 +510,82 @@ def test_compiled_path_falls_back_to_the_eager_code_when_compiling_fails(monkeyp
         assert all(torch.equal(e, a) for e, a in zip(expected, actual))  # the very same eager code
 
 
+@pytest.mark.parametrize("options", SPEED_OPTIONS.values(), ids=SPEED_OPTIONS.keys())
+@pytest.mark.parametrize("inner", INNERS)
+def test_kernel_path_equals_the_chunked_path_step_for_step(inner, options):
+    """rotational_kernel.cpp (moments, d and the sums in one pass per row, the update in a second) computes
+    the chunked eager numbers, parameters and state, up to float rounding; the channels-last conv included."""
+    chunked = impl_trajectory("chunked", inner, options)
+    kernel = impl_trajectory("kernel", inner, options)
+    assert rotational_module._kernel, "the kernel was not built, so the chunked code ran twice"
+    for step, (expected, actual) in enumerate(zip(chunked, kernel)):
+        for e, a in zip(expected, actual):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6, msg=f"step {step + 1}")
+
+
+def test_kernel_path_sends_what_it_does_not_support_to_the_chunked_path(monkeypatch):
+    """Rows wider than _KERNEL_MAX_WIDTH and float64 tensors take the chunked code: the very same numbers."""
+    options = SPEED_OPTIONS["per-neuron centred"]  # rows of 7 elements (matrices) and 36 (the conv)
+    expected = impl_trajectory("chunked", "adamw", options)
+    chunked_rows = []
+    update_chunked = rotational_module._update_chunked
+
+    def recording(inner, pieces, *rest):
+        chunked_rows.extend(tuple(piece.rows.shape) for piece in pieces)
+        update_chunked(inner, pieces, *rest)
+
+    monkeypatch.setattr(rotational_module, "_update_chunked", recording)
+    monkeypatch.setattr(rotational_module, "_KERNEL_MAX_WIDTH", 10)  # the conv's rows are too wide
+    actual = impl_trajectory("kernel", "adamw", options)
+    assert set(chunked_rows) == {(6, 36)}
+    for step_expected, step_actual in zip(expected, actual):
+        assert torch.equal(step_actual[3], step_expected[3])  # the conv: chunked
+        for e, a in zip(step_expected[:3], step_actual[:3]):  # the matrices: the kernel
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+
+    weight = torch.nn.Parameter(torch.randn(5, 8, dtype=torch.float64))
+    optimizer = build_optimizer("adamw", [weight], rotational=True, impl="kernel", **HYPER)
+    weight.grad = torch.randn(5, 8, dtype=torch.float64)
+    optimizer.step()
+    assert chunked_rows[-1] == (5, 8)
+
+
+def test_kernel_path_gives_the_same_bits_on_one_thread_and_on_two():
+    """at::parallel_for splits the rows among threads (here into 4 tasks of 16 rows); each row's numbers are
+    its own, so the split changes nothing, to the bit (a shared buffer or a lost row would)."""
+    def trajectory(threads):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            generator = torch.Generator().manual_seed(24)
+            weight = torch.nn.Parameter(torch.randn(64, 1024, generator=generator))
+            optimizer = build_optimizer("adamw", [weight], rotational=True, impl="kernel", **HYPER)
+            for _ in range(3):
+                weight.grad = torch.randn(weight.shape, generator=generator)
+                optimizer.step()
+            return weight.detach(), optimizer.state[weight]
+        finally:
+            torch.set_num_threads(previous)
+
+    (one, one_state), (two, two_state) = trajectory(1), trajectory(2)
+    assert torch.equal(one, two)
+    assert all(torch.equal(one_state[key], two_state[key]) for key in ("exp_avg", "exp_avg_sq", "rms_sq"))
+
+
+def test_kernel_path_falls_back_to_the_eager_code_when_building_fails(monkeypatch):
+    def no_compiler():
+        raise OSError("g++: not found")
+
+    monkeypatch.setattr(rotational_module, "_kernel", None)
+    monkeypatch.setattr(rotational_module, "_load_kernel", no_compiler)
+    options = SPEED_OPTIONS["per-neuron centred"]
+    with pytest.warns(UserWarning, match="C\\+\\+ kernel failed, so it runs eagerly: OSError: g\\+\\+: not found"):
+        kernel = impl_trajectory("kernel", "adamw", options, steps=2)
+    assert rotational_module._kernel is False
+    for expected, actual in zip(impl_trajectory("chunked", "adamw", options, steps=2), kernel):
+        assert all(torch.equal(e, a) for e, a in zip(expected, actual))  # the very same eager code
+
+
 def test_private_fused_adam_kernel_and_its_public_fallback_agree(monkeypatch):
     """RV-AdamW's direction comes from torch._fused_adam_ where torch has it, from public ops otherwise."""
     if rotational_module._FUSED_ADAM is None:
@@ -523,7 +599,7 @@ def test_private_fused_adam_kernel_and_its_public_fallback_agree(monkeypatch):
             torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", ["chunked", "grouped"])
+@pytest.mark.parametrize("impl", ["chunked", "grouped", "kernel"])
 def test_a_direction_without_perpendicular_part_does_not_rotate(impl):
     """d along p − p̄ (row 0) or constant (row 1) has d⊥ = 0: exact arithmetic keeps those rows; rounding must not
     turn them by η̂_r in a random direction. The other rows still turn."""
@@ -542,6 +618,6 @@ def test_a_direction_without_perpendicular_part_does_not_rotate(impl):
 
 
 def test_unknown_impl_is_a_user_error():
-    with pytest.raises(UserError, match="unknown impl 'fast'; choose one of chunked, grouped, compiled"):
+    with pytest.raises(UserError, match="unknown impl 'fast'; choose one of chunked, grouped, compiled, kernel"):
         build_optimizer("adamw", [torch.nn.Parameter(torch.randn(4, 4))], lr=0.1, weight_decay=0.1,
                         rotational=True, impl="fast")

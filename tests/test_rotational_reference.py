@@ -169,7 +169,7 @@ IMPL_CASES = [(inner, (True, True, "slow")) for inner in INNERS] + [("adamw", (F
 
 
 @pytest.mark.parametrize("inner, variant", IMPL_CASES)
-@pytest.mark.parametrize("impl", ["grouped", "compiled"])
+@pytest.mark.parametrize("impl", ["grouped", "compiled", "kernel"])
 def test_each_implementation_is_algorithm_1(impl, inner, variant):
     per_neuron, zero_mean, imbalance = variant
     for step, (weight, reference) in enumerate(run_both(inner, per_neuron=per_neuron, zero_mean=zero_mean,

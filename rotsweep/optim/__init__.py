@@ -40,7 +40,7 @@ def build_optimizer(name: str, params_or_groups, *, lr: float, weight_decay: flo
 
     rotational_options go to RotationalWrapper (per_neuron, zero_mean, rms_beta,
     rotational_eps, eta_r, eta_r_from, imbalance_mode, ..., and impl: how the
-    step is computed, "chunked", "grouped" or "compiled"). The plain AdamW and Adam
+    step is computed, "chunked", "grouped", "compiled" or "kernel"). The plain AdamW and Adam
     use torch's fused kernel when every parameter is a floating-point tensor on
     the CPU or a GPU.
     """
