@@ -47,7 +47,7 @@ per row while the row is in the cache, so it goes through memory once).
 
 `rotational_update` is the functional core over lists of tensors (the shape of
 torch/optim/adam.py); `RotationalWrapper` holds the state and param groups. It
-has three implementations (`impl`), all giving the same numbers up to float
+has four implementations (`impl`), all giving the same numbers up to float
 rounding:
 
     chunked    (default on the CPU) each tensor in chunks of whole neurons that
