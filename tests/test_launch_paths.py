@@ -247,8 +247,10 @@ def test_the_code_hash_follows_the_sources(tmp_path):
     source.write_text("x = 2\n")
     assert gather_module._source_hash(module) != before
     # gather's own hash covers the modules its rows depend on.
-    from rotsweep import config, schedule, theory
-    assert gather_module.CODE_HASH == gather_module._source_hash(gather_module, theory, schedule, config)
+    from rotsweep import config, schedule, store, theory
+    from rotsweep.analysis import results
+    assert gather_module.CODE_HASH == gather_module._source_hash(gather_module, results, store, theory, schedule,
+                                                                 config)
 
 
 def test_norm_hat_is_nan_without_weight_decay_and_for_rotational_runs(tmp_path):

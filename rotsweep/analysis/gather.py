@@ -610,8 +610,8 @@ def _source_hash(*modules) -> str:
 
 
 # The rows depend on the code that computes them (as this process imported it): a cache made by
-# other code is not used.
-CODE_HASH = _source_hash(sys.modules[__name__], results, theory, schedule, config_module)
+# other code is not used. store reads a run's metrics (store.read_metrics: metrics.parquet + live parts).
+CODE_HASH = _source_hash(sys.modules[__name__], results, store, theory, schedule, config_module)
 
 
 def _cache_key(sweep_name: str, experiment: str | None) -> dict:
