@@ -30,6 +30,7 @@ cluster:
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-# -rs names every skipped test and why; under CI=true (.ci/run) a skip fails instead.
+# -rs names every skipped test and why; under CI=true (.ci/run) a skip fails instead;
+# --durations lists the slowest tests (the suite must stay under 20 minutes).
 test: setup cluster browser
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=15
