@@ -621,3 +621,33 @@ def test_unknown_impl_is_a_user_error():
     with pytest.raises(UserError, match="unknown impl 'fast'; choose one of chunked, grouped, compiled, kernel"):
         build_optimizer("adamw", [torch.nn.Parameter(torch.randn(4, 4))], lr=0.1, weight_decay=0.1,
                         rotational=True, impl="fast")
+
+
+def test_a_run_takes_its_rotational_step_from_the_impl_named_by_the_environment(monkeypatch, tmp_path):
+    """ROTSWEEP_RV_IMPL=kernel reaches the optimizers rotsweep.train builds (and so every job, which
+    inherits the environment): the kernel makes the run's steps, with the chunked run's numbers."""
+    from rotsweep import store, train
+    from rotsweep.presets import preset
+
+    config = preset("tiny-resnet20-adamw", steps=6, eval_interval=6, rotational=True)
+    assert train.run(config, tmp_path / "chunked") == "done"
+    kernel_steps = []
+    update_kernel = rotational_module._update_kernel
+
+    def counting(*args):
+        kernel_steps.append(1)
+        update_kernel(*args)
+
+    monkeypatch.setattr(rotational_module, "_update_kernel", counting)
+    monkeypatch.setenv(rotational_module.IMPL_ENV, "kernel")
+    assert train.run(config, tmp_path / "kernel") == "done"
+    assert len(kernel_steps) == 6  # one call per optimizer step (the run's rotational tensors in one group)
+    chunked, kernel = (store.read_metrics(tmp_path / name).to_pandas() for name in ("chunked", "kernel"))
+    assert (chunked[["step", "split", "metric"]] == kernel[["step", "split", "metric"]]).all().all()
+    torch.testing.assert_close(torch.tensor(kernel["value"].to_numpy()), torch.tensor(chunked["value"].to_numpy()),
+                               rtol=1e-4, atol=1e-5)
+
+    monkeypatch.setenv(rotational_module.IMPL_ENV, "fast")
+    with pytest.raises(UserError, match=r"^ROTSWEEP_RV_IMPL='fast' is not an implementation of the rotational "
+                                        r"step; set it to one of chunked, grouped, compiled, kernel or unset it$"):
+        rotational_module.default_impl(torch.device("cpu"))

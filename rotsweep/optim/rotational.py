@@ -106,6 +106,22 @@ from rotsweep.optim.lion import lion
 
 INNERS = ("adamw", "adam-l2", "sgdm", "lion")
 IMPLS = ("chunked", "grouped", "compiled", "kernel")
+# impl=None takes this variable's value when set (a run's optimizers are built by rotsweep.train, so
+# this is how `rotsweep train` and the jobs of `rotsweep launch`, which inherit the environment,
+# choose the kernel: ROTSWEEP_RV_IMPL=kernel). How a step is computed is not what a run computes
+# (every impl gives Algorithm 1's numbers up to float rounding), so it is not part of the run_id.
+IMPL_ENV = "ROTSWEEP_RV_IMPL"
+
+
+def default_impl(device: torch.device) -> str:
+    """The impl of impl=None on `device`: $ROTSWEEP_RV_IMPL, else chunked on the CPU and grouped elsewhere."""
+    chosen = os.environ.get(IMPL_ENV)
+    if chosen:
+        if chosen not in IMPLS:
+            raise UserError(f"{IMPL_ENV}={chosen!r} is not an implementation of the rotational step; set it to "
+                            f"one of {', '.join(IMPLS)} or unset it")
+        return chosen
+    return "chunked" if device.type == "cpu" else "grouped"
 # Optimizers whose Table 1 η̂_r needs hyperparameters only (Adam+ℓ2's also needs gradient statistics).
 ETA_R_FORMULAS = ("adamw", "sgdm", "lion")
 IMBALANCES = ("slow", "split")
@@ -138,8 +154,9 @@ class RotationalWrapper(torch.optim.Optimizer):
     imbalance_portion, imbalance_factor (f) and imbalance_seed apply to all
     rotational tensors; the chosen neurons are in `imbalance_masks()` and saved
     in the state dict. impl chooses how the rotational step is computed
-    ("chunked", "grouped", "compiled", "kernel"; None: chunked on the CPU,
-    grouped on other devices); see the module docstring.
+    ("chunked", "grouped", "compiled", "kernel"; None: default_impl, i.e.
+    $ROTSWEEP_RV_IMPL or chunked on the CPU, grouped on other devices); see the
+    module docstring.
     """
 
     def __init__(self, params, inner: str = "adamw", *, lr: float, weight_decay: float = 0.0,
@@ -325,7 +342,7 @@ class RotationalWrapper(torch.optim.Optimizer):
             inner=self.inner, eta_r=self._eta_r(group), beta1=beta1, beta2=beta2, momentum=group["momentum"],
             eps=group["eps"], weight_decay=group["weight_decay"], per_neuron=group["per_neuron"],
             zero_mean=group["zero_mean"], rms_beta=group["rms_beta"], rotational_eps=group["rotational_eps"],
-            impl=self.impl or ("chunked" if params[0].device.type == "cpu" else "grouped"), scratch=self._scratch)
+            impl=self.impl or default_impl(params[0].device), scratch=self._scratch)
 
 
 def _check_group(group: dict) -> None:
