@@ -62,6 +62,8 @@ import numpy as np
 from rotsweep.errors import UserError
 
 OPTIMIZERS = ("adamw", "adam-l2", "sgdm", "lion")
+# As the paper writes them: in figures, tables, reports and the status table alike.
+OPTIMIZER_NAMES = {"adamw": "AdamW", "adam-l2": "Adam+ℓ2", "sgdm": "SGDM", "lion": "Lion"}
 
 ADAM_BETA2 = 0.999  # Appendix K: AdamW with β1 = 0.9, β2 = 0.999 unless stated
 # Lion's β2 everywhere in rotsweep (presets, `predict`, the random walk): 0.99, the value of

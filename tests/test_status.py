@@ -31,6 +31,8 @@ TOTAL_STEPS = 1000
 SCREEN_LINES = 50  # a terminal of 50 lines
 
 
+PAPER_NAMES = {"adamw": "AdamW", "sgdm": "SGDM"}  # the optimizers as the paper writes them
+
 def cli(*args) -> str:
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
@@ -105,8 +107,8 @@ def test_846_runs_fit_one_screen_with_counts_groups_best_and_the_runs_that_need_
     assert f"best val_top1 {best[1]['top1']:.4g}: {best[0]}" in lines[0]
     # Counts per variant: one row each, adding up to the sweep.
     rows = {line.split()[0]: [int(n) for n in line.split()[1:]] for line in lines
-            if line.split() and line.split()[0] in ("adamw", "RV-adamw", "sgdm", "RV-sgdm")}
-    assert set(rows) == {"adamw", "RV-adamw", "sgdm", "RV-sgdm"}
+            if line.split() and line.split()[0] in ("AdamW", "RV-AdamW", "SGDM", "RV-SGDM")}
+    assert set(rows) == {"AdamW", "RV-AdamW", "SGDM", "RV-SGDM"}
     assert sum(map(sum, rows.values())) == LARGE
     # The runs that need attention, worst first: every failed and diverged run fits in the rows shown.
     shown = {line.split()[0]: line.split()[1] for line in lines if line.split() and line.split()[0] in written}
@@ -136,7 +138,7 @@ def test_json_carries_the_same_fields_sorted_by_metric(large):
     assert values == sorted(values, reverse=True)  # accuracy: best first
     for run in report["runs"]:
         info = written[run["run_id"]]
-        assert run["variant"] == ("RV-" if info["rotational"] else "") + info["optimizer"]
+        assert run["variant"] == ("RV-" if info["rotational"] else "") + PAPER_NAMES[info["optimizer"]]
         assert run["swept"] == {"lr": info["lr"], "seed": run["swept"]["seed"]}  # optimizer/rotational: the variant
         assert (run["state"], run["step"], run["total_steps"]) == (info["state"], info["step"], TOTAL_STEPS)
         assert run["value"] == pytest.approx(info["top1"]) and run["metric"] == "val_top1"
@@ -174,14 +176,14 @@ def test_a_real_local_sweep_shows_variants_swept_values_and_times(tmp_path):
         config = json.loads((store.run_dir(sweep, run["run_id"]) / store.CONFIG_FILE).read_text())
         status = store.read_status(store.run_dir(sweep, run["run_id"]))
         assert run["state"] == "done" and run["step"] == run["total_steps"] == 24
-        assert run["variant"] == ("RV-" if config["rotational"] else "") + config["optimizer"]
+        assert run["variant"] == ("RV-" if config["rotational"] else "") + PAPER_NAMES[config["optimizer"]]
         assert run["swept"] and all(config[name] == value for name, value in run["swept"].items())
         assert run["elapsed_s"] == status["wall_s"] and run["eta_s"] is None
         row = next(line for line in text.splitlines() if line.strip().startswith(run["run_id"]))
         assert run["variant"] in row and "24/24" in row
     # The sweep varies lr and weight decay (along η·λ) and the optimizer variant.
     assert {"lr", "weight_decay"} <= set(report["runs"][0]["swept"])
-    assert {run["variant"] for run in report["runs"]} == {"adamw", "RV-adamw"}
+    assert {run["variant"] for run in report["runs"]} == {"AdamW", "RV-AdamW"}
     values = [run["value"] for run in report["runs"]]
     best = report["best"]
     higher = "top1" in best["metric"]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 
+from rotsweep.theory import OPTIMIZER_NAMES
+
 # The RunConfig fields a variant label shows; status lists the other fields that vary as swept values.
 VARIANT_FIELDS = ("optimizer", "rotational")
 
 
 def variant_label(config: dict) -> str:
-    """The optimizer as the paper names it: adamw, or RV-adamw for its rotational variant (Algorithm 1)."""
-    return ("RV-" if config["rotational"] else "") + config["optimizer"]
+    """The optimizer as the paper names it: AdamW, or RV-AdamW for its rotational variant (Algorithm 1)."""
+    return ("RV-" if config["rotational"] else "") + OPTIMIZER_NAMES.get(config["optimizer"], config["optimizer"])
 
 
 def describe_run(config: dict) -> str:

@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from rotsweep import store
+from rotsweep import store, theory
 from rotsweep.analysis import results
 from rotsweep.errors import UserError
 
 FIGURES_DIR = "figures"
-OPTIMIZER_NAMES = {"adamw": "AdamW", "adam-l2": "Adam+ℓ2", "sgdm": "SGDM", "lion": "Lion"}
+OPTIMIZER_NAMES = theory.OPTIMIZER_NAMES
 
 # Where each figure's data comes from, for the error of a sweep without it.
 SOURCES = {
