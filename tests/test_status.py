@@ -29,9 +29,8 @@ LARGE = 846
 FAILED, DIVERGED, RUNNING = 12, 3, 5
 TOTAL_STEPS = 1000
 SCREEN_LINES = 50  # a terminal of 50 lines
-
-
 PAPER_NAMES = {"adamw": "AdamW", "sgdm": "SGDM"}  # the optimizers as the paper writes them
+
 
 def cli(*args) -> str:
     result = runner.invoke(app, [str(a) for a in args])

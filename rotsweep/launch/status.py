@@ -50,7 +50,7 @@ SORTS = ("run", "state", "variant", "metric", "progress", "eta")
 @dataclass
 class RunStatus:
     run_id: str
-    variant: str  # the optimizer as the paper names it, e.g. RV-adamw (rotsweep.launch.labels)
+    variant: str  # the optimizer as the paper names it, e.g. RV-AdamW (rotsweep.launch.labels)
     swept: dict  # {RunConfig field: value} of the fields that vary between the sweep's runs
     state: str  # a state of rotsweep.launch.plan.run_state
     detail: str
