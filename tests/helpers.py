@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rotsweep import launch
+from rotsweep import launch, store
 from rotsweep.errors import UserError
+from rotsweep.launch.local import is_job_process
 from rotsweep.launch.slurm import check_slurm_reachable
 
 
@@ -31,13 +32,23 @@ needs_slurm = pytest.mark.skipif(
 
 
 def wait_until_stopped(sweep: Path, timeout: float = 600.0) -> dict:
-    """The sweep's status report (as `status --json` prints it) once every run has stopped;
-    an AssertionError after `timeout` s."""
+    """The sweep's status report (as `status --json` prints it) once every run has stopped and
+    every local job process has exited; an AssertionError after `timeout` s.
+
+    A local job writes its last lines into SWEEP/jobs/ after its runs' status.json says done, so a
+    test that compares the sweep's files before and after something waits for the processes too.
+    """
     deadline = time.time() + timeout
     while True:
         report = launch.sweep_status(sweep)
         if launch.all_stopped(report):
-            return report.to_dict()
+            break
         if time.time() > deadline:
             raise AssertionError(f"sweep still running after {timeout} s: {report.format(all_runs=True)}")
         time.sleep(1.0)
+    jobs = [job for job in (store.read_manifest(sweep) or {}).get("jobs", {}).values() if job["executor"] == "local"]
+    while any(is_job_process(job) for job in jobs):
+        if time.time() > deadline:
+            raise AssertionError(f"local job processes of {sweep} still alive after {timeout} s")
+        time.sleep(0.2)
+    return report.to_dict()
