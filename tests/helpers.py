@@ -25,9 +25,10 @@ def slurm_problem() -> str | None:
 
 # Outside CI a test of the real cluster is skipped when none answers; under CI (.ci/run starts the
 # cluster) it runs and fails with the reason instead (tests/conftest.py turns such skips into failures).
+_SLURM_PROBLEM = slurm_problem()  # asked once per test process (each ask runs scontrol)
 needs_slurm = pytest.mark.skipif(
-    slurm_problem() is not None and not os.environ.get("CI"),
-    reason=f"no SLURM controller ({slurm_problem()}); start one with `bash slurm/cluster.sh start`",
+    _SLURM_PROBLEM is not None and not os.environ.get("CI"),
+    reason=f"no SLURM controller ({_SLURM_PROBLEM}); start one with `bash slurm/cluster.sh start`",
 )
 
 
