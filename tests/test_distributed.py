@@ -202,6 +202,32 @@ def test_all_ranks_hold_identical_weights_after_rotational_steps(tmp_path):
     assert torch.equal(rank0["after"], rank1["after"])  # ...identically on both ranks, to the bit
 
 
+def _gloo_threads() -> int:
+    """This process's gloo worker threads (Linux names its threads in /proc)."""
+    return sum("gloo" in (task / "comm").read_text() for task in Path("/proc/self/task").iterdir())
+
+
+def _count_gloo_threads_left(config, run_dir: str, out_dir: str) -> None:
+    """One rank: a whole run, then how many gloo threads are alive before and after shutdown()."""
+    assert train.run(config, run_dir) == "done"
+    during = _gloo_threads()
+    distributed.shutdown()
+    torch.save({"during": during, "after_shutdown": _gloo_threads()}, Path(out_dir) / f"rank{os.environ['RANK']}.pt")
+
+
+@pytest.mark.slow
+def test_shutdown_stops_the_gloo_threads_before_the_process_exits(tmp_path):
+    # A gloo thread still alive when Python exits may release a tensor without the interpreter
+    # and abort a finished run's rank ("terminate called without an active exception"). The group
+    # outlived destroy_process_group when torch.distributed.nn.functional was imported after it.
+    config = presets.preset("tiny-gpt2-adamw").with_overrides(["steps=4", "accumulation=2"])
+    distributed.spawn(2, _count_gloo_threads_left, config, str(tmp_path / "run"), str(tmp_path))
+    for rank in (0, 1):
+        counts = torch.load(tmp_path / f"rank{rank}.pt")
+        assert counts["during"] > 0  # the run communicated through gloo's threads...
+        assert counts["after_shutdown"] == 0  # ...which shutdown() stopped
+
+
 def spawned_ranks(parent: int) -> list[int]:
     """The pids of the rank processes under a `rotsweep train --procs` process, rank 0 first."""
     children = []

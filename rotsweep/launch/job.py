@@ -63,6 +63,7 @@ class RunJob(submitit.helpers.Checkpointable):
             except Exception as error:  # recorded in the run's status.json and log.txt
                 results[config.run_id] = "failed"
                 failures.append(f"{config.run_id}: {type(error).__name__}: {error}")
+        distributed.shutdown()  # a task of a multi-task job leaves its process group before it exits
         if failures:
             # Fail the job too, so that the scheduler's view agrees with the runs'.
             raise RuntimeError("runs failed: " + "; ".join(failures))
