@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from rotsweep import launch, store
 from rotsweep.launch.plan import run_state, should_submit
-from rotsweep.launch.slurm import parse_job_states
+from rotsweep.launch.slurm import parse_job_states, slurm_job_states
 from rotsweep.cli import app
 from rotsweep.experiments import get_experiment
 from helpers import needs_slurm, wait_until_stopped
@@ -310,6 +310,24 @@ def test_sacct_array_ranges_are_expanded():
         "27_2": "PENDING", "27_3": "PENDING", "27_4": "PENDING", "27_7": "PENDING",
         "27_0": "COMPLETED", "27_1": "CANCELLED", "30": "RUNNING",
     }
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_a_job_that_just_ended_has_a_state_before_accounting_records_it(tmp_path, monkeypatch):
+    # Right after a job ends, sacct may not know it yet (slurmdbd is written to after the
+    # controller) and squeue's default view no longer lists it: status then called a run whose
+    # job had just completed "failed: no job known". An empty sacct stands in for that moment.
+    ended = subprocess.run(["sbatch", "--parsable", "--wait", "--partition", "debug", "--time", "1",
+                            "--output", "/dev/null", "--wrap", "true"], capture_output=True, text=True, timeout=120)
+    assert ended.returncode == 0, ended.stderr
+    job_id = ended.stdout.strip().split(";")[0]
+    lagging = tmp_path / "bin"
+    lagging.mkdir()
+    (lagging / "sacct").write_text("#!/bin/sh\nexit 0\n")
+    (lagging / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{lagging}{os.pathsep}{os.environ['PATH']}")
+    assert slurm_job_states([job_id]) == {job_id: "COMPLETED"}
 
 
 @needs_slurm

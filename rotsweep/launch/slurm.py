@@ -127,8 +127,10 @@ def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
     states = parse_job_states(result.stdout, separator="|")
     missing = [job_id for job_id in wanted if job_id not in states]
     if missing and shutil.which("squeue"):
-        # Accounting can lag behind a fresh submission; squeue -r lists each array task.
-        queued = run_command(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(missing)])
+        # Accounting lags behind a fresh submission and a job that just ended. The controller
+        # knows both: -t all also lists the jobs it ended in the last MinJobAge (300 s by
+        # default), -r each array task on its own line.
+        queued = run_command(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(missing)])
         states.update(parse_job_states(queued.stdout, separator="|"))
     return {job_id: states[job_id] for job_id in wanted if job_id in states}
 
