@@ -19,9 +19,12 @@ from rotsweep import store
 from rotsweep.cli import app
 from rotsweep.launch import slurm
 from rotsweep.launch.local import is_job_process
-from helpers import needs_slurm
+from helpers import needs_slurm, wait_until_stopped
 
 runner = CliRunner()
+
+# Longer than a local finisher's poll (rotsweep.launch.finish.POLL_SECONDS) and a gather's start.
+POLL_GRACE_S = 5
 
 # Two runs (AdamW, RV-AdamW at one lr) of the tiny eta-lambda sweep, 24 steps each.
 TWO_RUNS = ["eta-lambda", "--model", "resnet20", "--scale", "tiny", "--grid", "lr=1e-3", "--grid", "eta_lambda=0",
@@ -111,3 +114,27 @@ def test_an_unknown_then_step_is_a_one_line_error(tmp_path):
                                  "--then", "publish"])
     assert result.exit_code == 2 and "publish" in result.output
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("executor", ["local", pytest.param("slurm", marks=[pytest.mark.slurm, needs_slurm])])
+def test_cancel_also_cancels_the_finisher_so_nothing_runs_on_the_cancelled_sweep(tmp_path, executor):
+    sweep = tmp_path / "sweep"
+    profile = ["--profile", "local"] if executor == "slurm" else []
+    finisher = launch_json(*TWO_RUNS, "--executor", executor, *profile, "--out", sweep, "--then", "gather")["then"]
+    result = runner.invoke(app, ["cancel", str(sweep)])
+    assert result.exit_code == 0, result.output
+    assert finisher["job_id"] in result.output.split()  # counted among the cancelled jobs
+    assert store.read_manifest(sweep)["then"]["cancelled"] is True
+    wait_until_stopped(sweep)
+    if executor == "slurm":
+        deadline = time.time() + 60  # accounting records the cancellation a moment later
+        while slurm.slurm_job_states([finisher["job_id"]]).get(finisher["job_id"]) != "CANCELLED":
+            assert time.time() < deadline, slurm.slurm_job_states([finisher["job_id"]])
+            time.sleep(1)
+    else:
+        deadline = time.time() + 30
+        while is_job_process(finisher):
+            assert time.time() < deadline, "the local finisher outlived cancel"
+            time.sleep(0.2)
+    time.sleep(POLL_GRACE_S)  # time for a finisher that was not cancelled to start gathering
+    assert not (sweep / "results").exists()

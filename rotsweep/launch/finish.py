@@ -71,6 +71,19 @@ def wait_then_run(sweep: Path, then: str) -> None:
     run_steps(sweep, then)
 
 
+def cancel_finisher(manifest: dict) -> list[str]:
+    """Cancel the manifest's finisher if it has not run its steps yet (marking its record);
+    returns the job ids cancelled. The caller writes the manifest."""
+    record = manifest.get("then")
+    if not record or not record.get("job_id"):
+        return []
+    owner = BACKENDS[record["executor"]]
+    if owner.job_states({"then": record}).get("then") not in ACTIVE_JOB_STATES:
+        return []
+    record["cancelled"] = True
+    return owner.cancel([record])
+
+
 def replace_finisher(sweep: Path, then: str, backend: Backend, profile: dict) -> dict:
     """Cancel the sweep's recorded finisher if it has not run yet, submit one for `then` that waits
     for every job of the sweep that may still run, and record it in the manifest; returns the record.
@@ -78,11 +91,7 @@ def replace_finisher(sweep: Path, then: str, backend: Backend, profile: dict) ->
     Called by a launch while it holds the sweep's lock, after its own jobs are submitted.
     """
     manifest = load_sweep(sweep)
-    previous = manifest.get("then")
-    if previous and previous.get("job_id"):
-        owner = BACKENDS[previous["executor"]]
-        if owner.job_states({"then": previous}).get("then") in ACTIVE_JOB_STATES:
-            owner.cancel([previous])
+    cancel_finisher(manifest)
     after = sorted({job["job_id"] for job in active_jobs(manifest).values() if job["executor"] == backend.name})
     record = {"steps": then, "executor": backend.name, "after": after, "submitted": time.time(),
               **backend.submit_finisher(Path(sweep), then, after, profile)}

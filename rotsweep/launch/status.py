@@ -17,6 +17,7 @@ from rotsweep import store
 from rotsweep.errors import UserError
 from rotsweep.launch.backend import ACTIVE_JOB_STATES
 from rotsweep.launch.backends import BACKENDS, job_states
+from rotsweep.launch.finish import cancel_finisher
 from rotsweep.launch.labels import VARIANT_FIELDS, variant_label
 from rotsweep.launch.manifest import first_line, load_sweep, sweep_lock
 from rotsweep.launch.plan import UNREADABLE, read_run_status, run_state
@@ -312,14 +313,16 @@ def sweep_status(sweep: Path, states: list[str] | None = None, sort: str = "run"
 
 
 def cancel(sweep: Path) -> list[str]:
-    """Cancel every job of the sweep that may still run; returns the cancelled job ids."""
+    """Cancel every job of the sweep that may still run, and its finisher (`launch --then`) if it
+    has not run yet, so no step runs on the cancelled sweep; returns the cancelled job ids.
+    A relaunch submits the runs again, and the recorded finisher with them."""
     load_sweep(sweep)
     with sweep_lock(sweep):
         manifest = load_sweep(sweep)
+        cancelled = cancel_finisher(manifest)  # first: on SLURM it would start once the arrays end
         jobs = manifest.get("jobs", {})
         states = job_states(jobs)
         active = {run_id: job for run_id, job in jobs.items() if states.get(run_id) in ACTIVE_JOB_STATES}
-        cancelled = []
         for name, backend in BACKENDS.items():
             cancelled += backend.cancel([job for job in active.values() if job["executor"] == name])
         for run_id in active:
