@@ -369,7 +369,8 @@ def launch(
                         set_, rerun_failed, _grid_axes(grid))
     if dry_run:
         report = launcher.dry_run(plan, executor=executor.value, profile_name=profile, max_parallel=max_parallel,
-                                  runs_per_job=runs_per_job, gpus_per_run=gpus_per_run, nodes_per_run=nodes_per_run)
+                                  runs_per_job=runs_per_job, gpus_per_run=gpus_per_run, nodes_per_run=nodes_per_run,
+                                  then=_value(then))
         if as_json:
             print_json(report.to_dict())
         else:

@@ -138,3 +138,19 @@ def test_cancel_also_cancels_the_finisher_so_nothing_runs_on_the_cancelled_sweep
             time.sleep(0.2)
     time.sleep(POLL_GRACE_S)  # time for a finisher that was not cancelled to start gathering
     assert not (sweep / "results").exists()
+    # A relaunch would submit the runs again, and the recorded finisher with them: its dry run says so.
+    again = runner.invoke(app, ["launch", str(sweep), "--executor", executor, *profile, "--dry-run", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["then"] == "gather"
+
+
+def test_the_dry_run_says_what_runs_when_the_sweep_ends_and_writes_nothing(tmp_path):
+    sweep = tmp_path / "sweep"
+    shown = runner.invoke(app, ["launch", *TWO_RUNS, "--executor", "local", "--out", str(sweep), "--then", "report",
+                                "--dry-run"])
+    assert shown.exit_code == 0, shown.output
+    assert "then: rotsweep gather, then rotsweep report, once every job of the sweep has ended" in shown.output
+    without = runner.invoke(app, ["launch", *TWO_RUNS, "--executor", "local", "--out", str(sweep), "--dry-run",
+                                  "--json"])
+    assert "then" not in json.loads(without.output)
+    assert not sweep.exists()

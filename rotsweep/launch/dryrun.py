@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from rotsweep.config import RunConfig
+from rotsweep.launch.finish import check_then, describe_steps, finisher_steps
 from rotsweep.launch.labels import describe_run
 from rotsweep.launch.plan import Plan
 from rotsweep.launch.profiles import default_profile, load_profile, processes_per_run, run_resources
@@ -54,11 +55,13 @@ class DryRun:
     gpu_hours: float | None  # paper scale only, from the paper's durations
     problems: list[str]
     sbatch_header: str | None = None  # the scheduler's job script header, when jobs would be submitted
+    then: str | None = None  # the steps a finisher would run once the sweep's jobs end (launch --then)
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        if data["sbatch_header"] is None:
-            del data["sbatch_header"]
+        for optional in ("sbatch_header", "then"):
+            if data[optional] is None:
+                del data[optional]
         return data
 
     def format(self) -> str:
@@ -82,6 +85,8 @@ class DryRun:
             if self.gpus_per_run > 1:
                 lines.append(f"  (held for a run's single-GPU duration: an upper bound; at ideal DDP scaling a run "
                              f"takes 1/{self.gpus_per_run} of it and the GPU-hours are those of one GPU)")
+        if self.then is not None:
+            lines.append(f"then: {describe_steps(self.then)}, once every job of the sweep has ended")
         if self.sbatch_header is not None:
             lines += ["sbatch header:", self.sbatch_header]
         lines.append("dry run: nothing was submitted or written")
@@ -90,7 +95,7 @@ class DryRun:
 
 def dry_run(
     plan: Plan, *, executor: str, profile_name: str | None, max_parallel: int | None, runs_per_job: int,
-    gpus_per_run: int | None = None, nodes_per_run: int | None = None,
+    gpus_per_run: int | None = None, nodes_per_run: int | None = None, then: str | None = None,
 ) -> DryRun:
     """Everything `launch` would do: runs, grid, resources, sbatch header, GPU hours.
 
@@ -100,6 +105,7 @@ def dry_run(
     its job, an upper bound (a run on G GPUs at ideal scaling takes 1/G of the time).
     """
     backend = check_submission_options(executor, max_parallel, runs_per_job)
+    check_then(then)
     profile = run_resources(load_profile(profile_name or default_profile(plan.scale)), gpus_per_run, nodes_per_run)
     gpus_per_job = processes_per_run(profile)  # one GPU per process
     check_divides_accumulation(plan.to_submit, gpus_per_job)
@@ -130,4 +136,5 @@ def dry_run(
         gpu_hours=round(sum(known) * gpus_per_job, 1) if known and plan.scale == "paper" else None,
         problems=plan.problems,
         sbatch_header=backend.dry_run_header(profile, plan.sweep, f"rotsweep-{plan.experiment}", jobs, max_parallel),
+        then=finisher_steps(plan.sweep, then, submits_jobs=jobs > 0),
     )

@@ -71,6 +71,18 @@ def wait_then_run(sweep: Path, then: str) -> None:
     run_steps(sweep, then)
 
 
+def finisher_steps(sweep: Path, then: str | None, submits_jobs: bool) -> str | None:
+    """The steps a launch's finisher would run: those asked for, else, when the launch submits
+    jobs, those recorded by an earlier launch (they then wait for the new jobs too)."""
+    recorded = (store.read_manifest(sweep) or {}).get("then")
+    return then or (recorded["steps"] if recorded and submits_jobs else None)
+
+
+def describe_steps(then: str) -> str:
+    """The commands `then` runs, as a person would type them: "rotsweep gather, then rotsweep report"."""
+    return ", then ".join("rotsweep " + " ".join(step) for step in THEN_STEPS[then])
+
+
 def cancel_finisher(manifest: dict) -> list[str]:
     """Cancel the manifest's finisher if it has not run its steps yet (marking its record);
     returns the job ids cancelled. The caller writes the manifest."""

@@ -21,7 +21,7 @@ from rotsweep.clean import DEFAULT_KEEP, check_keep
 from rotsweep.errors import UserError
 from rotsweep.launch.backend import Backend
 from rotsweep.launch.backends import get_backend
-from rotsweep.launch.finish import check_then, replace_finisher
+from rotsweep.launch.finish import check_then, finisher_steps, replace_finisher
 from rotsweep.launch.job import RunJob
 from rotsweep.launch.manifest import sweep_lock, update_manifest
 from rotsweep.launch.plan import Plan, PlannedRun, plan_sweep
@@ -100,8 +100,7 @@ def submit(
         plan = again
         submission = submit_locked(plan, backend, profile, profile_name, max_parallel, runs_per_job, data_dir,
                                    keep_checkpoints)
-        recorded = (store.read_manifest(plan.sweep) or {}).get("then")
-        steps = then or (recorded["steps"] if recorded and submission.jobs else None)
+        steps = finisher_steps(plan.sweep, then, submits_jobs=bool(submission.jobs))
         if steps:
             submission.then = replace_finisher(plan.sweep, steps, backend, profile)
         return submission
