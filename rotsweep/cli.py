@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import typer
 import typer.core
 
+from rotsweep.analysis.catalog import CATALOG
 from rotsweep.errors import UserError
 
 app = typer.Typer(
@@ -627,6 +628,12 @@ BY_HELP = ("group runs by these fields instead of by variant (repeatable, e.g. -
 DPI_HELP = "resolution of the PNG files in dots per inch"
 
 
+def _figure_help(name: str, option: str = "") -> str:
+    """A plot command's help, from the figure catalog: what it draws, and which sweeps have its data."""
+    entry = CATALOG[name]
+    return f"{entry.draws}{option}. Data: {entry.applies_to}."
+
+
 def _figures():
     """rotsweep.analysis.figures with matplotlib on Agg: the CLI only writes files (no display on
     cluster nodes or in CI). The library itself leaves the backend alone (notebooks)."""
@@ -669,7 +676,7 @@ def _note_gather_problems(sweep: Path) -> None:
                    err=True)
 
 
-@plot_app.command("heatmap")
+@plot_app.command("heatmap", help=_figure_help("heatmap", " (or over --x, --y)"))
 @reports_user_errors
 def plot_heatmap(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
@@ -680,12 +687,11 @@ def plot_heatmap(
     format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
     dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
-    """Figure 6 left: metric over the lr x weight-decay grid (or --x, --y) with η̂_r contours."""
     chosen = _sweep_for("heatmap", sweep)
     _echo_paths(_figures().plot_heatmap(chosen, _value(metric), _files(format_, dpi), x, y, by or None), chosen)
 
 
-@plot_app.command("lr-sweep")
+@plot_app.command("lr-sweep", help=_figure_help("lr-sweep", " (or against --x, one per --by group)"))
 @reports_user_errors
 def plot_lr_sweep(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
@@ -695,12 +701,11 @@ def plot_lr_sweep(
     format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
     dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
-    """Figures 4L, 5M/R, 7L, 14: metric against learning rate (or --x) per variant (or --by)."""
     chosen = _sweep_for("lr-sweep", sweep)
     _echo_paths(_figures().plot_lr_sweep(chosen, _value(metric), _files(format_, dpi), x, by or None), chosen)
 
 
-@plot_app.command("curves")
+@plot_app.command("curves", help=_figure_help("curves"))
 @reports_user_errors
 def plot_curves(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
@@ -710,12 +715,12 @@ def plot_curves(
     format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
     dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
-    """Figure 5 left: loss curves."""
     chosen = _sweep_for("curves", sweep)
     _echo_paths(_figures().plot_curves(chosen, run or None, _value(metric), _files(format_, dpi), by or None), chosen)
 
 
-@plot_app.command("dynamics")
+@plot_app.command("dynamics", help=_figure_help(
+    "dynamics", "; with --neurons, " + CATALOG["dynamics-neurons"].draws))
 @reports_user_errors
 def plot_dynamics(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
@@ -727,13 +732,12 @@ def plot_dynamics(
     format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
     dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
-    """Figures 3, 4M/R, 6R, 7R, 13: norms and rotation over training, predictions dashed."""
     chosen = _sweep_for("dynamics", sweep)
     _echo_paths(_figures().plot_dynamics(chosen, run or None, layer or None, neurons,
                                          _value(metric), _files(format_, dpi), by or None), chosen)
 
 
-@plot_app.command("imbalance")
+@plot_app.command("imbalance", help=_figure_help("imbalance"))
 @reports_user_errors
 def plot_imbalance(
     sweep: Optional[Path] = typer.Argument(None, help=SWEEP_HELP),
@@ -741,19 +745,17 @@ def plot_imbalance(
     format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
     dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
-    """Figure 16: metric against the imbalanced portion p, factor f and width."""
     chosen = _sweep_for("imbalance", sweep)
     _echo_paths(_figures().plot_imbalance(chosen, _value(metric), _files(format_, dpi)), chosen)
 
 
-@plot_app.command("randomwalk")
+@plot_app.command("randomwalk", help=_figure_help("randomwalk"))
 @reports_user_errors
 def plot_randomwalk(
     directory: Optional[Path] = typer.Argument(None, help="directory of random-walk outputs (default: sweeps/randomwalk)"),
     format_: str = typer.Option("png,pdf", "--format", help=FORMAT_HELP),
     dpi: int = typer.Option(150, min=1, help=DPI_HELP),
 ) -> None:
-    """Figure 9: the random walk of Appendix F against Table 1."""
     _echo_paths(_figures().plot_randomwalk(_sweep_for("randomwalk", directory), _files(format_, dpi)))
 
 

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from rotsweep import __version__, cli, launch, store, theory
 from rotsweep.launch.plan import run_state, should_submit
 from rotsweep.analysis import figures
+from rotsweep.analysis.catalog import CATALOG
 from rotsweep.analysis.gather import output_paths
 from helpers import needs_slurm, wait_until_stopped
 
@@ -459,6 +460,14 @@ def test_help_shows_examples(path):
     examples = text.split("Examples:")[1].strip().splitlines()
     assert examples and all(line.strip().startswith("rotsweep ") for line in examples)
     assert any(line.strip().startswith(f"rotsweep {path[0]}") for line in examples)
+
+
+def test_the_catalog_names_every_figure_drawn_and_each_plot_command_says_what_it_draws():
+    assert list(figures.FIGURES) == list(CATALOG)  # plot all and the report draw exactly the catalog's figures
+    commands = {path[1]: command for path, command in _commands() if len(path) == 2 and path[0] == "plot"}
+    for name, entry in CATALOG.items():
+        command = commands.get(name) or commands[name.split("-")[0]]  # dynamics-neurons: plot dynamics --neurons
+        assert entry.draws in command.help and entry.applies_to in command.help, name
 
 
 def test_version_and_completion():

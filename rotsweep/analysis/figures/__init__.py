@@ -9,8 +9,9 @@
     imbalance    plot_imbalance   16 right                              runs       (imbalance)
     randomwalk   plot_randomwalk  9                                     the files of `rotsweep randomwalk --out`
 
-One module per figure, what they share in common.py. FIGURES below is the one registry
-of them: `rotsweep plot all`, the CLI's plot commands (their help) and `rotsweep report`
+One module per figure, what they share in common.py. rotsweep.analysis.catalog names the
+figures (what each draws, which sweeps have its data; the CLI's plot help comes from it) and
+FIGURES below adds how each is checked and drawn: `rotsweep plot all` and `rotsweep report`
 iterate it. Each module separates the table it computes (heatmap_cells, lr_sweep_points,
 curve_runs, dynamics_selection, imbalance_tables, read_randomwalks) from the drawing;
 tests/test_figure_numbers.py pins those tables against stored values.
@@ -57,8 +58,9 @@ from pathlib import Path
 
 from rotsweep import store
 from rotsweep.analysis import results
+from rotsweep.analysis.catalog import CATALOG, SOURCES  # noqa: F401  (SOURCES: public here too)
 from rotsweep.analysis.figures.common import (  # noqa: F401  (the package's public names)
-    ETA_R, ETA_R_HAT, FIGURE_FORMATS, FIGURES_DIR, METRICS, OPTIMIZER_NAMES, SOURCES, STATE_ORDER, FigureFiles,
+    ETA_R, ETA_R_HAT, FIGURE_FORMATS, FIGURES_DIR, METRICS, OPTIMIZER_NAMES, STATE_ORDER, FigureFiles,
     Metric, MissingData, _best_configs, figure_name, numeric_axes,
     _is_randomwalk_dir, _number, _select_runs, _spread_out, add_variants,
     best_rows, load_runs, pick_metric, rms_downsample, save, summarize, variant_colors, variant_order,
@@ -89,18 +91,23 @@ from rotsweep.errors import UserError
 
 @dataclass(frozen=True)
 class Figure:
-    """One figure: `rotsweep plot NAME`, its files SWEEP/figures/<stem>.*, and a section of the report."""
+    """One figure of rotsweep.analysis.catalog (its name, what it draws, its data), and how it is made."""
 
     name: str
-    draws: str  # what it shows, with the paper's figure numbers
-    data: str  # the SOURCES key of the data it needs (MissingData names who makes it)
-    check: Callable[[Path], object]  # raises MissingData when the sweep lacks that data; draws nothing
+    check: Callable[[Path], object]  # raises MissingData when the sweep lacks its data; draws nothing
     plot: Callable[..., list[Path]]  # plot(sweep, files=FigureFiles) -> the files written
 
     @property
+    def draws(self) -> str:
+        return CATALOG[self.name].draws
+
+    @property
+    def data(self) -> str:
+        return CATALOG[self.name].data
+
+    @property
     def applies_to(self) -> str:
-        """Which sweeps have its data (for help texts and the report)."""
-        return SOURCES[self.data]
+        return CATALOG[self.name].applies_to
 
 
 # `plot all` and the report draw the paper's axes (lr, and λ for the heatmap); the single
@@ -118,20 +125,13 @@ def _dynamics_neurons(sweep, files: FigureFiles = FigureFiles()) -> list[Path]:
 
 
 FIGURES: dict[str, Figure] = {figure.name: figure for figure in [
-    Figure("heatmap", "Figure 6 left: final metric over lr × weight decay, η̂_r contours (Table 1)", "heatmap",
-           lambda sweep: heatmap_cells(load_runs(sweep)), _paper_heatmap),
-    Figure("lr-sweep", "Figures 4, 5, 7 left, 14: final metric against the learning rate, one line per variant",
-           "lr-sweep", lambda sweep: lr_sweep_points(load_runs(sweep)), _paper_lr_sweep),
-    Figure("curves", "Figure 5 left: train and validation loss over training", "curves",
-           lambda sweep: curve_runs(load_runs(sweep), results.read_results(sweep, "curves")), plot_curves),
-    Figure("dynamics", "Figures 3, 4, 6 right, 13: per-layer norm and rotation over training against Table 1",
-           "dynamics", dynamics_selection, plot_dynamics),
-    Figure("dynamics-neurons", "Figure 7 right: the neurons of one weight over training", "dynamics",
-           dynamics_selection, _dynamics_neurons),
-    Figure("imbalance", "Figure 16 right: imbalanced rotation against narrower networks", "imbalance",
-           lambda sweep: imbalance_tables(load_runs(sweep)), plot_imbalance),
-    Figure("randomwalk", "Figure 9: the random walk of Appendix F against Table 1", "randomwalk",
-           read_randomwalks, plot_randomwalk),
+    Figure("heatmap", lambda sweep: heatmap_cells(load_runs(sweep)), _paper_heatmap),
+    Figure("lr-sweep", lambda sweep: lr_sweep_points(load_runs(sweep)), _paper_lr_sweep),
+    Figure("curves", lambda sweep: curve_runs(load_runs(sweep), results.read_results(sweep, "curves")), plot_curves),
+    Figure("dynamics", dynamics_selection, plot_dynamics),
+    Figure("dynamics-neurons", dynamics_selection, _dynamics_neurons),
+    Figure("imbalance", lambda sweep: imbalance_tables(load_runs(sweep)), plot_imbalance),
+    Figure("randomwalk", read_randomwalks, plot_randomwalk),
 ]}
 
 

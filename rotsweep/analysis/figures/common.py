@@ -23,21 +23,13 @@ import seaborn as sns
 
 from rotsweep import store, theory
 from rotsweep.analysis import results
+from rotsweep.analysis.catalog import SOURCES
 from rotsweep.errors import UserError
 
 FIGURES_DIR = "figures"
 OPTIMIZER_NAMES = theory.OPTIMIZER_NAMES
 
 # Where each figure's data comes from, for the error of a sweep without it.
-SOURCES = {
-    "heatmap": "the adam-vs-adamw experiment makes one (`rotsweep launch adam-vs-adamw --model resnet18`)",
-    "lr-sweep": "the eta-lambda, warmup and weight-std experiments make them (`rotsweep launch eta-lambda ...`)",
-    "curves": "every run records them, the paper's come from the warmup experiment (`rotsweep launch warmup ...`)",
-    "dynamics": "every run records them, Figures 3 and 13 come from the dynamics experiment "
-                "(`rotsweep launch dynamics ...`)",
-    "imbalance": "the imbalance experiment makes them (`rotsweep launch imbalance --model resnet18`)",
-    "randomwalk": "`rotsweep randomwalk --optimizer NAME --out DIR/NAME` makes one per optimizer",
-}
 
 PREDICTION = dict(linestyle="--", linewidth=1.6)
 # Symbols in matplotlib's mathtext.
