@@ -6,6 +6,7 @@ without it, except under CI, where they must run.
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rotsweep import launch, store
+from rotsweep import launch, presets, store
+from rotsweep.launch.job import RunJob
 from rotsweep.launch.plan import run_state, should_submit
 from rotsweep.launch.slurm import parse_job_states, slurm_job_states
 from rotsweep.cli import app
@@ -302,6 +304,21 @@ def test_unreachable_controller_is_one_line_and_writes_nothing(tmp_path):
     assert result.stderr.startswith("error: SLURM controller unreachable")
     assert result.stderr.strip().count("\n") == 0
     assert not sweep.exists()
+
+
+def test_a_job_pickled_by_release_0_1_still_runs_when_requeued(tmp_path):
+    # Release 0.1 pickled rotsweep.launch.RunJob holding run_dirs, data_dir and threads; submitit
+    # unpickles a job again when SLURM requeues it, possibly under a newer rotsweep.
+    config = presets.preset("tiny-gpt2-adamw").with_overrides(["steps=4", "eval_interval=0"])
+    run_dir = tmp_path / "run"
+    store.prepare_run_dir(config, run_dir)
+    job = RunJob([str(run_dir)])
+    job.__dict__ = {"run_dirs": [str(run_dir)], "data_dir": None, "threads": 1}  # 0.1's fields only
+    pickled = pickle.dumps(job, protocol=0)  # the text protocol names the class as "module\nname"
+    assert b"rotsweep.launch.job\nRunJob" in pickled
+    requeued = pickle.loads(pickled.replace(b"rotsweep.launch.job\nRunJob", b"rotsweep.launch\nRunJob"))
+    assert requeued() == {config.run_id: "done"}
+    assert store.read_status(run_dir)["status"] == "done"
 
 
 def test_sacct_array_ranges_are_expanded():

@@ -21,6 +21,12 @@ class RunJob(submitit.helpers.Checkpointable):
     checkpoint, and finished runs are skipped.
     """
 
+    # Fields added since release 0.1. A job pickled before them (and requeued after an upgrade)
+    # has none of them in its state, and reads these class defaults instead.
+    local_processes: int = 1
+    keep_checkpoints: str = DEFAULT_KEEP
+    code_path: tuple[str, ...] | list[str] = ()
+
     def __init__(self, run_dirs: list[str], data_dir: str | None = None, threads: int | None = None,
                  local_processes: int = 1, keep_checkpoints: str = DEFAULT_KEEP, code_path: list[str] = ()):
         self.run_dirs = run_dirs
@@ -37,7 +43,7 @@ class RunJob(submitit.helpers.Checkpointable):
 
         from rotsweep import clean, distributed, train
 
-        usercode.add_to_sys_path(getattr(self, "code_path", []))  # a job pickled before the field: none
+        usercode.add_to_sys_path(self.code_path)
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
         if threads:
             torch.set_num_threads(threads)
@@ -57,7 +63,7 @@ class RunJob(submitit.helpers.Checkpointable):
                 else:
                     results[config.run_id] = train.run(config, run_dir, data_dir=self.data_dir)
                 if results[config.run_id] in store.FINISHED_STATUSES:  # safe on every task of a job
-                    clean.apply(run_dir, getattr(self, "keep_checkpoints", DEFAULT_KEEP))
+                    clean.apply(run_dir, self.keep_checkpoints)
             except distributed.RankLost:
                 raise  # the process group is gone: no later run of this job could start either
             except Exception as error:  # recorded in the run's status.json and log.txt
