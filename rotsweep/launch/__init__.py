@@ -21,12 +21,12 @@ Below is what the command line (rotsweep.cli) and the demo (rotsweep.demo) use.
 
 from rotsweep.launch.backends import EXECUTORS, get_backend
 from rotsweep.launch.dryrun import DryRun, dry_run
-from rotsweep.launch.job import RunJob  # noqa: F401  (jobs pickled by release 0.1 name it rotsweep.launch.RunJob)
+from rotsweep.launch.job import RunJob  # also here: jobs pickled by release 0.1 name it rotsweep.launch.RunJob
 from rotsweep.launch.plan import SCALES, Plan, make_file_plan, make_plan, make_relaunch_plan
 from rotsweep.launch.status import (STOPPED_STATES, SweepStatus, all_stopped, cancel, log_paths,
                                     sweep_status, watch_status)
 from rotsweep.launch.submit import Submission, submit
 
-__all__ = ["EXECUTORS", "SCALES", "STOPPED_STATES", "DryRun", "Plan", "Submission",
+__all__ = ["EXECUTORS", "SCALES", "STOPPED_STATES", "DryRun", "Plan", "RunJob", "Submission",
            "SweepStatus", "all_stopped", "cancel", "dry_run", "get_backend", "log_paths", "make_file_plan", "make_plan",
            "make_relaunch_plan", "submit", "sweep_status", "watch_status"]
