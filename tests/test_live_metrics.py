@@ -11,8 +11,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -70,6 +72,32 @@ def test_read_metrics_takes_from_the_parts_only_rows_past_the_checkpoint(tmp_pat
     (tmp_path / store.METRICS_FILE).unlink()
     store.append_live_metrics(tmp_path, [rows(10, "val", "loss", 9.0)], 10)
     assert store.read_metrics(tmp_path).to_pylist() == [rows(10, "val", "loss", 9.0)]
+
+
+def test_read_metrics_while_the_run_replaces_metrics_parquet_reads_whole_files(tmp_path):
+    # A checkpoint renames a new metrics.parquet over the old one while status, gather or export
+    # read it: every read must see one whole file (the old or the new), never a mix of the two.
+    def saved(rows_count: int) -> pa.Table:
+        return store.metrics_table([rows(step, "val", "loss", float(rows_count)) for step in range(rows_count)])
+
+    store.write_parquet(tmp_path / store.METRICS_FILE, saved(10))
+    stop = threading.Event()
+
+    def checkpoints():
+        count = 10
+        while not stop.is_set():
+            count = 10 + (count - 9) % 40  # files of 10 to 49 rows, one after the other
+            store.write_parquet(tmp_path / store.METRICS_FILE, saved(count))
+
+    writer = threading.Thread(target=checkpoints)
+    writer.start()
+    try:
+        for _ in range(300):
+            table = store.read_metrics(tmp_path)
+            assert set(table["value"].to_pylist()) == {float(table.num_rows)}  # one file, whole
+    finally:
+        stop.set()
+        writer.join()
 
 
 def test_an_unreadable_part_is_named_by_readers(tmp_path):

@@ -306,9 +306,9 @@ def _read_status(path: Path) -> dict:
 
 
 def _read_parquet(path: Path, schema: pa.Schema) -> pa.Table:
-    # One read of the whole (small) file: a snapshot even if the file is replaced meanwhile,
-    # and cheaper than letting Arrow open it. Threads are ours (READ_THREADS), not Arrow's.
-    with pq.ParquetFile(pa.BufferReader(path.read_bytes())) as file:
+    # One read of the whole (small) file (store.parquet_snapshot): whole even if the run replaces
+    # it meanwhile, and cheaper than letting Arrow open it. Threads are ours (READ_THREADS), not Arrow's.
+    with store.parquet_snapshot(path) as file:
         _check_columns(file, schema)
         table = file.read(columns=schema.names, use_threads=False)
     return table.select(schema.names).cast(schema)

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from rotsweep import theory
+from rotsweep import store, theory
 from rotsweep.config import RunConfig
 from rotsweep.errors import UserError
 from rotsweep.schedule import learning_rate
@@ -140,7 +140,7 @@ def read_results(sweep: str | os.PathLike, name: str) -> pd.DataFrame:
         return read_dynamics(sweep)
     path = _checked_output(sweep, name)
     try:
-        return pd.read_parquet(path)
+        return store.parquet_snapshot(path).read().to_pandas()  # whole while a gather replaces it
     except (OSError, ValueError) as error:
         raise UserError(f"{path} is unreadable ({type(error).__name__}); "
                         f"run `rotsweep gather --full {sweep}` to write it again") from None
