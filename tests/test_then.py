@@ -38,6 +38,12 @@ def launch_json(*args) -> dict:
     return json.loads(result.output)
 
 
+def status_json(sweep: Path) -> dict:
+    result = runner.invoke(app, ["status", str(sweep), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
 def wait_for_figures(sweep: Path, timeout: float) -> list[Path]:
     """Poll the file system only: the PNGs `plot all` writes into SWEEP/figures/."""
     deadline = time.time() + timeout
@@ -107,6 +113,7 @@ def test_then_plot_with_the_local_executor_draws_the_figures_after_the_jobs_end(
     while is_job_process(finisher) and time.time() < deadline:
         time.sleep(0.5)
     assert not is_job_process(finisher)  # it ends once its steps are done
+    assert status_json(sweep)["then"]["state"] == "completed"
 
 
 def test_an_unknown_then_step_is_a_one_line_error(tmp_path):
@@ -121,10 +128,15 @@ def test_cancel_also_cancels_the_finisher_so_nothing_runs_on_the_cancelled_sweep
     sweep = tmp_path / "sweep"
     profile = ["--profile", "local"] if executor == "slurm" else []
     finisher = launch_json(*TWO_RUNS, "--executor", executor, *profile, "--out", sweep, "--then", "gather")["then"]
+    waiting = status_json(sweep)["then"]
+    assert (waiting["job_id"], waiting["steps"]) == (finisher["job_id"], "gather")
+    assert waiting["state"] in ("pending", "running")  # held by SLURM / a local process polling the jobs
     result = runner.invoke(app, ["cancel", str(sweep)])
     assert result.exit_code == 0, result.output
     assert finisher["job_id"] in result.output.split()  # counted among the cancelled jobs
     assert store.read_manifest(sweep)["then"]["cancelled"] is True
+    shown = runner.invoke(app, ["status", str(sweep)]).output
+    assert f"then: rotsweep gather, once every job has ended: {executor} job {finisher['job_id']}, cancelled" in shown
     wait_until_stopped(sweep)
     if executor == "slurm":
         deadline = time.time() + 60  # accounting records the cancellation a moment later

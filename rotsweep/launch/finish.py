@@ -83,6 +83,18 @@ def describe_steps(then: str) -> str:
     return ", then ".join("rotsweep " + " ".join(step) for step in THEN_STEPS[then])
 
 
+def finisher_state(manifest: dict) -> dict | None:
+    """The recorded finisher as status shows it: its steps, executor, job_id and state (the
+    scheduler's word, lower case: pending, running, completed, failed ...; cancelled when
+    `rotsweep cancel` stopped it), or None without one."""
+    record = manifest.get("then")
+    if not record or not record.get("job_id"):
+        return None
+    state = "cancelled" if record.get("cancelled") else (
+        BACKENDS[record["executor"]].job_states({"then": record}).get("then") or "unknown").lower()
+    return {"steps": record["steps"], "executor": record["executor"], "job_id": record["job_id"], "state": state}
+
+
 def cancel_finisher(manifest: dict) -> list[str]:
     """Cancel the manifest's finisher if it has not run its steps yet (marking its record);
     returns the job ids cancelled. The caller writes the manifest."""

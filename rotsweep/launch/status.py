@@ -17,7 +17,7 @@ from rotsweep import store
 from rotsweep.errors import UserError
 from rotsweep.launch.backend import ACTIVE_JOB_STATES
 from rotsweep.launch.backends import BACKENDS, job_states
-from rotsweep.launch.finish import cancel_finisher
+from rotsweep.launch.finish import cancel_finisher, describe_steps, finisher_state
 from rotsweep.launch.labels import VARIANT_FIELDS, variant_label
 from rotsweep.launch.manifest import first_line, load_sweep, sweep_lock
 from rotsweep.launch.plan import UNREADABLE, read_run_status, run_state
@@ -143,13 +143,14 @@ class SweepStatus:
     total: int  # runs in the sweep
     best: RunStatus | None  # the best last metric so far, over every run (best_run)
     filtered: bool = False  # runs holds only the states asked for
+    then: dict | None = None  # the finisher of `launch --then` (finish.finisher_state), if one was submitted
 
     def to_dict(self) -> dict:
         best = self.best
         return {"sweep": str(self.sweep), "experiment": self.experiment, "model": self.model, "scale": self.scale,
                 "total": self.total, "counts": self.counts, "groups": self.groups(),
                 "best": best.to_dict() if best else None,
-                "runs": [run.to_dict() for run in self.runs], "problems": self.problems}
+                "runs": [run.to_dict() for run in self.runs], "problems": self.problems, "then": self.then}
 
     def groups(self) -> dict[str, dict[str, int]]:
         """{variant: {state: runs}} over the listed runs."""
@@ -186,6 +187,10 @@ class SweepStatus:
                                  "--all lists every run")
             else:
                 lines.append("no run needs attention; --all lists every run")
+        if self.then is not None:
+            then = self.then
+            lines.append(f"then: {describe_steps(then['steps'])}, once every job has ended: "
+                         f"{then['executor']} job {then['job_id']}, {then['state']}")
         lines += [f"problem: {problem}" for problem in self.problems]
         return "\n".join(lines)
 
@@ -309,7 +314,8 @@ def sweep_status(sweep: Path, states: list[str] | None = None, sort: str = "run"
         counts[run.state] = counts.get(run.state, 0) + 1
     listed = [run for run in runs if not states or run.state in states]
     return SweepStatus(Path(sweep), manifest["experiment"], manifest["model"], manifest["scale"], counts,
-                       sort_runs(listed, sort), problems, len(runs), best_run(runs), filtered=bool(states))
+                       sort_runs(listed, sort), problems, len(runs), best_run(runs), filtered=bool(states),
+                       then=finisher_state(manifest))
 
 
 def cancel(sweep: Path) -> list[str]:
