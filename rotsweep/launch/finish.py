@@ -30,6 +30,9 @@ THEN_STEPS = {
     "report": (("gather",), ("report",)),
 }
 POLL_SECONDS = 2.0  # how often a local finisher looks at the sweep's jobs
+# The manifest's key of the finisher's record; also its key in a job-state query beside the
+# runs' ids (twelve hex digits, never this word), so status asks the scheduler once for both.
+FINISHER = "then"
 
 
 def check_then(then: str | None) -> None:
@@ -74,7 +77,7 @@ def wait_then_run(sweep: Path, then: str) -> None:
 def finisher_steps(sweep: Path, then: str | None, submits_jobs: bool) -> str | None:
     """The steps a launch's finisher would run: those asked for, else, when the launch submits
     jobs, those recorded by an earlier launch (they then wait for the new jobs too)."""
-    recorded = (store.read_manifest(sweep) or {}).get("then")
+    recorded = (store.read_manifest(sweep) or {}).get(FINISHER)
     return then or (recorded["steps"] if recorded and submits_jobs else None)
 
 
@@ -83,29 +86,34 @@ def describe_steps(then: str) -> str:
     return ", then ".join("rotsweep " + " ".join(step) for step in THEN_STEPS[then])
 
 
-def finisher_state(manifest: dict) -> dict | None:
-    """The recorded finisher as status shows it: its steps, executor, job_id and state (the
-    scheduler's word, lower case: pending, running, completed, failed ...; cancelled when
-    `rotsweep cancel` stopped it), or None without one."""
-    record = manifest.get("then")
-    if not record or not record.get("job_id"):
+def finisher_jobs(manifest: dict) -> dict[str, dict]:
+    """{FINISHER: its record} to ask its job state with the runs' jobs, or {} when none was submitted."""
+    record = manifest.get(FINISHER)
+    return {FINISHER: record} if record and record.get("job_id") else {}
+
+
+def finisher_state(manifest: dict, states: dict[str, str | None]) -> dict | None:
+    """The recorded finisher as status shows it: steps, executor, job_id and state (the scheduler's
+    word, lower case: pending, running, completed ...), or None without one. `states`: job_states()
+    of jobs that included finisher_jobs(manifest)."""
+    record = finisher_jobs(manifest).get(FINISHER)
+    if record is None:
         return None
-    state = "cancelled" if record.get("cancelled") else (
-        BACKENDS[record["executor"]].job_states({"then": record}).get("then") or "unknown").lower()
+    # Cancelled by `rotsweep cancel`: said at once, though accounting may still report the job
+    # pending for a moment (only this line reads it; which runs to submit never depends on it).
+    state = "cancelled" if record.get("cancelled") else (states.get(FINISHER) or "unknown").lower()
     return {"steps": record["steps"], "executor": record["executor"], "job_id": record["job_id"], "state": state}
 
 
 def cancel_finisher(manifest: dict) -> list[str]:
     """Cancel the manifest's finisher if it has not run its steps yet (marking its record);
     returns the job ids cancelled. The caller writes the manifest."""
-    record = manifest.get("then")
-    if not record or not record.get("job_id"):
+    jobs = finisher_jobs(manifest)
+    if not jobs or job_states(jobs)[FINISHER] not in ACTIVE_JOB_STATES:
         return []
-    owner = BACKENDS[record["executor"]]
-    if owner.job_states({"then": record}).get("then") not in ACTIVE_JOB_STATES:
-        return []
+    record = jobs[FINISHER]
     record["cancelled"] = True
-    return owner.cancel([record])
+    return BACKENDS[record["executor"]].cancel([record])
 
 
 def replace_finisher(sweep: Path, then: str, backend: Backend, profile: dict) -> dict:
@@ -119,7 +127,7 @@ def replace_finisher(sweep: Path, then: str, backend: Backend, profile: dict) ->
     after = sorted({job["job_id"] for job in active_jobs(manifest).values() if job["executor"] == backend.name})
     record = {"steps": then, "executor": backend.name, "after": after, "submitted": time.time(),
               **backend.submit_finisher(Path(sweep), then, after, profile)}
-    manifest["then"] = record
+    manifest[FINISHER] = record
     store.write_manifest(sweep, manifest)
     return record
 

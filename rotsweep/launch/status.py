@@ -17,7 +17,7 @@ from rotsweep import store
 from rotsweep.errors import UserError
 from rotsweep.launch.backend import ACTIVE_JOB_STATES
 from rotsweep.launch.backends import BACKENDS, job_states
-from rotsweep.launch.finish import cancel_finisher, describe_steps, finisher_state
+from rotsweep.launch.finish import cancel_finisher, describe_steps, finisher_jobs, finisher_state
 from rotsweep.launch.labels import VARIANT_FIELDS, variant_label
 from rotsweep.launch.manifest import first_line, load_sweep, sweep_lock
 from rotsweep.launch.plan import UNREADABLE, read_run_status, run_state
@@ -274,7 +274,7 @@ def sweep_status(sweep: Path, states: list[str] | None = None, sort: str = "run"
         problems.append(str(error))
         runs_found = sorted(entry.name for entry in store.runs_dir(sweep).iterdir() if entry.is_dir())
         manifest = {"experiment": "?", "model": "?", "scale": "?", "runs": runs_found, "jobs": {}}
-    job_state_of = job_states(manifest.get("jobs", {}))
+    job_state_of = job_states({**manifest.get("jobs", {}), **finisher_jobs(manifest)})  # one question
     configs = {run_id: read_config(store.run_dir(sweep, run_id)) for run_id in manifest["runs"]}
     swept = swept_fields({run_id: config for run_id, config in configs.items() if config is not None})
     now = time.time()
@@ -315,7 +315,7 @@ def sweep_status(sweep: Path, states: list[str] | None = None, sort: str = "run"
     listed = [run for run in runs if not states or run.state in states]
     return SweepStatus(Path(sweep), manifest["experiment"], manifest["model"], manifest["scale"], counts,
                        sort_runs(listed, sort), problems, len(runs), best_run(runs), filtered=bool(states),
-                       then=finisher_state(manifest))
+                       then=finisher_state(manifest, job_state_of))
 
 
 def cancel(sweep: Path) -> list[str]:
