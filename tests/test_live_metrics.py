@@ -52,6 +52,15 @@ def rows(step, split, metric, value):
     return {"step": step, "epoch": step / 10, "split": split, "metric": metric, "value": value}
 
 
+def running_run(sweep, step):
+    """(config, run directory) of a 100-step run of `sweep` whose status.json says running at `step`."""
+    config = preset("tiny-resnet20-adamw", steps=100)
+    run_dir = store.run_dir(sweep, config.run_id)
+    store.prepare_run_dir(config, run_dir)
+    store.write_status(run_dir, "running", step=step, total_steps=100)
+    return config, run_dir
+
+
 def live_steps(run_dir):
     return [int(path.stem.split("-")[1]) for path in store.live_metric_parts(run_dir)]
 
@@ -111,10 +120,7 @@ def test_an_unreadable_part_is_named_by_readers(tmp_path):
         store.read_metrics(tmp_path)
     # gather reports the file and keeps the run.
     sweep = tmp_path / "sweep"
-    config = preset("tiny-resnet20-adamw", steps=100)
-    run_dir = store.run_dir(sweep, config.run_id)
-    store.prepare_run_dir(config, run_dir)
-    store.write_status(run_dir, "running", step=10, total_steps=100)
+    config, run_dir = running_run(sweep, step=10)
     (run_dir / store.LIVE_METRICS_DIR).mkdir()
     part.rename(run_dir / store.LIVE_METRICS_DIR / part.name)
     problems = gather.gather(sweep).problems
@@ -155,10 +161,7 @@ def test_sigkill_between_checkpoints_then_resume_ends_like_an_uninterrupted_run(
 
 def test_gather_reads_the_live_rows(tmp_path):
     sweep = tmp_path / "sweep"
-    config = preset("tiny-resnet20-adamw", steps=100)
-    run_dir = store.run_dir(sweep, config.run_id)
-    store.prepare_run_dir(config, run_dir)
-    store.write_status(run_dir, "running", step=20, total_steps=100)
+    config, run_dir = running_run(sweep, step=20)
     store.write_parquet(run_dir / store.METRICS_FILE, store.metrics_table([rows(10, "val", "top1", 20.0)]))
     store.append_live_metrics(run_dir, [rows(20, "val", "top1", 30.0)], 20)
     assert not gather.gather(sweep).problems
@@ -209,10 +212,7 @@ def test_slurm_status_advances_between_checkpoints(tmp_path):
 
 def test_a_live_directory_linking_out_of_the_sweep_is_reported_not_read(tmp_path):
     sweep = tmp_path / "sweep"
-    config = preset("tiny-resnet20-adamw", steps=100)
-    run_dir = store.run_dir(sweep, config.run_id)
-    store.prepare_run_dir(config, run_dir)
-    store.write_status(run_dir, "running", step=20, total_steps=100)
+    config, run_dir = running_run(sweep, step=20)
     elsewhere = tmp_path / "elsewhere"
     store.append_live_metrics(elsewhere, [rows(20, "val", "top1", 99.0)], 20)
     (run_dir / store.LIVE_METRICS_DIR).symlink_to(elsewhere / store.LIVE_METRICS_DIR)
