@@ -495,6 +495,15 @@ def test_compiled_path_compiles_once_for_every_step_lr_and_shape(monkeypatch):
     assert rotational_module._compiled is not False
 
 
+def assert_runs_the_chunked_code(impl: str, warning: str) -> None:
+    """impl, unable to build, warns (matching `warning`) and then takes the very same steps as chunked."""
+    options = SPEED_OPTIONS["per-neuron centred"]
+    with pytest.warns(UserWarning, match=warning):
+        fallen_back = impl_trajectory(impl, "adamw", options, steps=2)
+    for expected, actual in zip(impl_trajectory("chunked", "adamw", options, steps=2), fallen_back):
+        assert all(torch.equal(e, a) for e, a in zip(expected, actual))  # the very same eager code
+
+
 def test_compiled_path_falls_back_to_the_eager_code_when_compiling_fails(monkeypatch):
     def broken_compiler(graph, example_inputs):
         raise RuntimeError("no C++ compiler here")
@@ -502,12 +511,8 @@ def test_compiled_path_falls_back_to_the_eager_code_when_compiling_fails(monkeyp
     monkeypatch.setattr(rotational_module, "_compiled", tuple(
         torch.compile(function, backend=broken_compiler, dynamic=True, fullgraph=True)
         for function in (rotational_module._sums, rotational_module._apply)))
-    options = SPEED_OPTIONS["per-neuron centred"]
-    with pytest.warns(UserWarning, match="runs eagerly: .*no C\\+\\+ compiler here"):
-        compiled = impl_trajectory("compiled", "adamw", options, steps=2)
+    assert_runs_the_chunked_code("compiled", warning="runs eagerly: .*no C\\+\\+ compiler here")
     assert rotational_module._compiled is False
-    for expected, actual in zip(impl_trajectory("chunked", "adamw", options, steps=2), compiled):
-        assert all(torch.equal(e, a) for e, a in zip(expected, actual))  # the very same eager code
 
 
 @pytest.mark.parametrize("options", SPEED_OPTIONS.values(), ids=SPEED_OPTIONS.keys())
@@ -578,12 +583,9 @@ def test_kernel_path_falls_back_to_the_eager_code_when_building_fails(monkeypatc
 
     monkeypatch.setattr(rotational_module, "_kernel", None)
     monkeypatch.setattr(rotational_module, "_load_kernel", no_compiler)
-    options = SPEED_OPTIONS["per-neuron centred"]
-    with pytest.warns(UserWarning, match="C\\+\\+ kernel failed, so it runs eagerly: OSError: g\\+\\+: not found"):
-        kernel = impl_trajectory("kernel", "adamw", options, steps=2)
+    assert_runs_the_chunked_code(
+        "kernel", warning="C\\+\\+ kernel failed, so it runs eagerly: OSError: g\\+\\+: not found")
     assert rotational_module._kernel is False
-    for expected, actual in zip(impl_trajectory("chunked", "adamw", options, steps=2), kernel):
-        assert all(torch.equal(e, a) for e, a in zip(expected, actual))  # the very same eager code
 
 
 def test_private_fused_adam_kernel_and_its_public_fallback_agree(monkeypatch):
