@@ -29,8 +29,6 @@ from rotsweep.errors import UserError
 FIGURES_DIR = "figures"
 OPTIMIZER_NAMES = theory.OPTIMIZER_NAMES
 
-# Where each figure's data comes from, for the error of a sweep without it.
-
 PREDICTION = dict(linestyle="--", linewidth=1.6)
 # Symbols in matplotlib's mathtext.
 ETA_R, ETA_R_HAT, ETA_G = r"$\eta_r$", r"$\hat\eta_r$", r"$\eta_g$"
